@@ -1,0 +1,215 @@
+"""The Mininet helper every topology uses.
+
+Three things differ from a stock Mininet run on these machines, and this module owns all three:
+
+* There is no Open vSwitch kernel module, so every switch uses the userspace datapath
+  (``datapath_type=netdev``). DFS switches run with ``fail_mode=secure``: in standalone mode OVS
+  would start forwarding around the load balancer as soon as its controller went away.
+* Packets that cross a veth into the userspace datapath keep the partial checksums that
+  offloading leaves in them, so TCP silently fails while ping works. Every interface we create,
+  on both ends of every veth, gets its offloads turned off.
+* A test that fails must still leave nothing behind. :class:`Testbed` records what it creates in
+  a state file under ``/run/splitlb`` before it creates it, tears everything down in ``finally``,
+  and ``make clean`` (:func:`clean_leftovers`) removes whatever a killed run left, by name and pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from mininet.log import setLogLevel
+from mininet.net import Mininet
+from mininet.node import Host, OVSSwitch
+from mininet.topo import Topo
+
+STATE_DIR = Path(os.environ.get("SLB_STATE_DIR", "/run/splitlb"))
+OFFLOADS = ("tx", "rx", "tso", "gso", "gro")
+
+
+def disable_offloads(run: Any, intf: str) -> None:
+    """Turn off checksum and segmentation offloads on ``intf`` using ``run`` (a node's cmd)."""
+    args = " ".join(f"{o} off" for o in OFFLOADS)
+    run(f"ethtool -K {intf} {args} >/dev/null 2>&1")
+
+
+class OffloadFreeHost(Host):
+    """A Mininet host whose interfaces have offloads off, so TCP works through userspace OVS."""
+
+    def config(self, **params: Any) -> Any:
+        """Configure as Mininet does, then turn off offloads on every interface but lo."""
+        result = super().config(**params)
+        for intf in self.intfList():
+            if intf.name != "lo":
+                disable_offloads(self.cmd, intf.name)
+        return result
+
+
+class UserSwitch(OVSSwitch):
+    """An Open vSwitch bridge on the userspace datapath, speaking OpenFlow 1.3."""
+
+    def __init__(self, name: str, failMode: str = "standalone", **params: Any) -> None:  # noqa: N803
+        params.setdefault("protocols", "OpenFlow13")
+        super().__init__(name, failMode=failMode, datapath="user", **params)
+
+    def start(self, controllers: list[Any]) -> None:
+        """Start the bridge, then turn off offloads on the root-namespace end of each port."""
+        super().start(controllers)
+        for intf in self.intfList():
+            if intf.name != "lo":
+                disable_offloads(self.cmd, intf.name)
+
+
+class DFSSwitch(UserSwitch):
+    """A DFS switch: secure fail mode, so nothing is forwarded without the DFS's rules."""
+
+    def __init__(self, name: str, **params: Any) -> None:
+        params["failMode"] = "secure"
+        super().__init__(name, **params)
+
+
+class Testbed:
+    """Build a topology, start it, and guarantee its teardown.
+
+    Use as a context manager::
+
+        with Testbed(MyTopo()) as net:
+            net["h1"].cmd("curl ...")
+
+    Everything is stopped on exit, pass or fail; :meth:`leftovers` reports anything that
+    survived, and tests assert it is empty.
+    """
+
+    __test__ = False  # a context manager, not a pytest test class
+
+    def __init__(self, topo: Topo, quiet: bool = True, **mininet_args: Any) -> None:
+        self.topo = topo
+        self.net: Mininet | None = None
+        self.state_file = STATE_DIR / f"net-{os.getpid()}-{id(self):x}.json"
+        self._state: dict[str, list[Any]] = {"bridges": [], "pids": []}
+        mininet_args.setdefault("host", OffloadFreeHost)
+        mininet_args.setdefault("switch", UserSwitch)
+        mininet_args.setdefault("controller", None)
+        mininet_args.setdefault("autoSetMacs", True)
+        mininet_args.setdefault("waitConnected", False)
+        self._mininet_args = mininet_args
+        if quiet:
+            setLogLevel("warning")
+
+    # -- state kept for `make clean` ------------------------------------------------------------
+    def _save_state(self) -> None:
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._state))
+        tmp.replace(self.state_file)
+
+    def remember_pid(self, pid: int) -> None:
+        """Record a process this testbed started, so a killed run can still be cleaned."""
+        self._state["pids"].append(pid)
+        self._save_state()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def __enter__(self) -> Mininet:
+        self._state["bridges"] = list(self.topo.switches())
+        self._save_state()
+        try:
+            self.net = Mininet(topo=self.topo, build=False, **self._mininet_args)
+            self.net.build()
+            for node in self.net.hosts + self.net.switches:
+                pid = getattr(node, "pid", None)
+                if pid:
+                    self._state["pids"].append(pid)
+            self._save_state()
+            self.net.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self.net
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop everything this testbed started; safe to call twice."""
+        if self.net is not None:
+            with contextlib.suppress(Exception):
+                self.net.stop()
+            self.net = None
+        remove_bridges(self._state["bridges"])
+        kill_pids(self._state["pids"])
+        with contextlib.suppress(FileNotFoundError):
+            self.state_file.unlink()
+
+    def leftovers(self) -> list[str]:
+        """What of this testbed still exists (empty when teardown was complete)."""
+        found = [f"bridge {b}" for b in self._state["bridges"] if bridge_exists(b)]
+        found += [f"pid {p}" for p in self._state["pids"] if pid_alive(p)]
+        return found
+
+
+def bridge_exists(name: str) -> bool:
+    """Whether OVS has a bridge called ``name``."""
+    return subprocess.run(["ovs-vsctl", "--timeout=5", "br-exists", name], check=False).returncode == 0
+
+
+def remove_bridges(names: list[str]) -> None:
+    """Delete the named OVS bridges if they still exist."""
+    for name in names:
+        if bridge_exists(name):
+            subprocess.run(["ovs-vsctl", "--timeout=5", "--if-exists", "del-br", name], check=False)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live (non-zombie) process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def kill_pids(pids: list[int], grace: float = 3.0) -> None:
+    """Terminate the given processes, wait up to ``grace`` seconds, then kill what is left."""
+    live = [p for p in pids if pid_alive(p)]
+    for pid in live:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while live and time.monotonic() < deadline:
+        live = [p for p in live if pid_alive(p)]
+        if live:
+            time.sleep(0.05)
+    for pid in live:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def clean_leftovers() -> list[str]:
+    """Remove what killed runs left (bridges, processes, veths named in state files); say what."""
+    done: list[str] = []
+    if not STATE_DIR.is_dir():
+        return done
+    for state_file in sorted(STATE_DIR.glob("*.json")):
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            state = {}
+        bridges = [b for b in state.get("bridges", []) if bridge_exists(b)]
+        pids = [p for p in state.get("pids", []) if pid_alive(p)]
+        remove_bridges(bridges)
+        kill_pids(pids)
+        done += [f"bridge {b}" for b in bridges] + [f"pid {p}" for p in pids]
+        for veth in state.get("veths", []):
+            if subprocess.run(["ip", "link", "del", veth], capture_output=True, check=False).returncode == 0:
+                done.append(f"veth {veth}")
+        for ns in state.get("netns", []):
+            if subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False).returncode == 0:
+                done.append(f"netns {ns}")
+        state_file.unlink(missing_ok=True)
+    return done
