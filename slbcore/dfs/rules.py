@@ -1,0 +1,364 @@
+"""OpenFlow 1.3 messages the DFS sends: cookies, priorities and one builder per kind of entry.
+
+Every entry the DFS installs carries a 64-bit cookie laid out as::
+
+    63      56 55      48 47            32 31                      0
+    +---------+----------+----------------+-------------------------+
+    | TAG 0xD5|   kind   |     epoch      |  flow_id / VS index     |
+    +---------+----------+----------------+-------------------------+
+
+``TAG`` keeps the DFS's entries apart from anyone else's; ``kind`` says what the entry is (bit
+0x10 marks per-flow entries, so one masked delete removes every flow and nothing else); ``epoch``
+names the DFS incarnation that installed it, so after a switch reconnect the DFS can tell its own
+live entries from stale ones. Builders take a ``dp`` with ``ofproto``/``ofproto_parser``
+attributes (a connected datapath, or :data:`OF13` for pure code); the I/O shim re-targets the
+message to the live datapath before it sends it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
+
+from slbcore.dfs.packets import IPPROTO_TCP, IPPROTO_UDP
+
+OF13: Any = SimpleNamespace(ofproto=ofproto_v1_3, ofproto_parser=ofproto_v1_3_parser, id=0)
+"""A stand-in datapath for building messages without a switch."""
+
+TAG = 0xD5
+KIND_PER_FLOW = 0x10
+KIND_INFRA = 0x01
+KIND_DISPATCH = 0x02
+KIND_FWD = 0x11
+KIND_REV = 0x12
+KIND_LEARN_FWD = 0x13
+KIND_LEARN_REV = 0x14
+
+PRIO_MISS = 0
+PRIO_ARP = 100
+PRIO_VS_BASE = 1000
+PRIO_OWN_ADDR = 1500
+PRIO_FLOW = 2000
+
+FLOW_REM_SEND = 1  # NX_LEARN_F_SEND_FLOW_REM
+
+MASK_ALL = 0xFFFFFFFFFFFFFFFF
+MASK_TAG = 0xFF << 56
+MASK_PER_FLOW = MASK_TAG | (KIND_PER_FLOW << 48)
+MASK_FLOW = MASK_TAG | (0xEF << 48) | (0xFFFF << 32) | 0xFFFFFFFF  # both directions of one flow
+
+
+def make_cookie(kind: int, epoch: int, ident: int) -> int:
+    """Compose a cookie from its kind, epoch and flow id (or VS index)."""
+    return (TAG << 56) | ((kind & 0xFF) << 48) | ((epoch & 0xFFFF) << 32) | (ident & 0xFFFFFFFF)
+
+
+@dataclass(frozen=True)
+class CookieParts:
+    """A decoded DFS cookie."""
+
+    kind: int
+    epoch: int
+    ident: int
+
+
+def split_cookie(cookie: int) -> CookieParts | None:
+    """Decode a cookie, or None when it is not one of the DFS's."""
+    if cookie >> 56 != TAG:
+        return None
+    return CookieParts((cookie >> 48) & 0xFF, (cookie >> 32) & 0xFFFF, cookie & 0xFFFFFFFF)
+
+
+@dataclass(frozen=True)
+class FiveTuple:
+    """A transport flow as the switch sees it, in one direction."""
+
+    proto: int
+    src: str
+    dst: str
+    sport: int
+    dport: int
+
+    def reversed(self) -> FiveTuple:
+        """The same flow seen from the other end."""
+        return FiveTuple(self.proto, self.dst, self.src, self.dport, self.sport)
+
+
+def _l4_names(proto: int) -> tuple[str, str]:
+    if proto == IPPROTO_TCP:
+        return "tcp_src", "tcp_dst"
+    if proto == IPPROTO_UDP:
+        return "udp_src", "udp_dst"
+    raise ValueError(f"no ports for IP protocol {proto}")
+
+
+def match_five_tuple(dp: Any, ft: FiveTuple) -> Any:
+    """An exact match on one direction of a flow."""
+    sname, dname = _l4_names(ft.proto)
+    kwargs: dict[str, Any] = {
+        "eth_type": 0x0800, "ip_proto": ft.proto, "ipv4_src": ft.src, "ipv4_dst": ft.dst,
+        sname: ft.sport, dname: ft.dport,
+    }
+    return dp.ofproto_parser.OFPMatch(**kwargs)
+
+
+def five_tuple_from_match(fields: dict[str, Any]) -> FiveTuple | None:
+    """The exact five-tuple an OFPMatch (as a dict of field -> value) holds, or None."""
+    proto = fields.get("ip_proto")
+    if proto not in (IPPROTO_TCP, IPPROTO_UDP):
+        return None
+    sname, dname = _l4_names(proto)
+    try:
+        return FiveTuple(proto, str(fields["ipv4_src"]), str(fields["ipv4_dst"]), int(fields[sname]),
+                         int(fields[dname]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """What one direction of an offloaded flow does to a packet before it leaves."""
+
+    set_src: str | None
+    set_dst: str | None
+    set_sport: int | None
+    set_dport: int | None
+    eth_src: str
+    eth_dst: str
+    out_port: int
+
+
+def rewrite_actions(dp: Any, proto: int, rw: Rewrite, fin_idle: int = 0, fin_hard: int = 0) -> list[Any]:
+    """Actions applying ``rw``: optional fin_timeout, header rewrites, MACs, output."""
+    p = dp.ofproto_parser
+    sname, dname = _l4_names(proto)
+    acts: list[Any] = []
+    if proto == IPPROTO_TCP and (fin_idle or fin_hard):
+        # After a FIN or RST the entry's timeouts shrink, so closed connections leave the table
+        # (and are reported to the CS) quickly instead of after the full idle timeout.
+        acts.append(p.NXActionFinTimeout(fin_idle_timeout=fin_idle, fin_hard_timeout=fin_hard))
+    if rw.set_src is not None:
+        acts.append(p.OFPActionSetField(ipv4_src=rw.set_src))
+    if rw.set_dst is not None:
+        acts.append(p.OFPActionSetField(ipv4_dst=rw.set_dst))
+    if rw.set_sport is not None:
+        acts.append(p.OFPActionSetField(**{sname: rw.set_sport}))
+    if rw.set_dport is not None:
+        acts.append(p.OFPActionSetField(**{dname: rw.set_dport}))
+    acts.append(p.OFPActionSetField(eth_src=rw.eth_src))
+    acts.append(p.OFPActionSetField(eth_dst=rw.eth_dst))
+    acts.append(p.OFPActionOutput(rw.out_port, 0))
+    return acts
+
+
+def flow_entry(dp: Any, cookie: int, ft: FiveTuple, rw: Rewrite, idle: int, fin_idle: int = 0,
+               fin_hard: int = 0) -> Any:
+    """The flow-mod for one direction of an offloaded flow."""
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    inst = [p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, rewrite_actions(dp, ft.proto, rw, fin_idle, fin_hard))]
+    return p.OFPFlowMod(dp, cookie=cookie, command=ofp.OFPFC_ADD, idle_timeout=idle, hard_timeout=0,
+                        priority=PRIO_FLOW, buffer_id=ofp.OFP_NO_BUFFER, out_port=ofp.OFPP_ANY,
+                        out_group=ofp.OFPG_ANY, flags=ofp.OFPFF_SEND_FLOW_REM, match=match_five_tuple(dp, ft),
+                        instructions=inst)
+
+
+def to_controller(dp: Any) -> list[Any]:
+    """Apply-actions instruction sending the whole packet to the controller."""
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    return [p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS,
+                                    [p.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)])]
+
+
+def add_entry(dp: Any, cookie: int, priority: int, match: Any, instructions: list[Any]) -> Any:
+    """A permanent flow-mod (no timeouts)."""
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    return p.OFPFlowMod(dp, cookie=cookie, command=ofp.OFPFC_ADD, priority=priority, buffer_id=ofp.OFP_NO_BUFFER,
+                        out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=match, instructions=instructions)
+
+
+def base_entries(dp: Any, epoch: int) -> list[Any]:
+    """Table-miss drop and ARP to the controller."""
+    p = dp.ofproto_parser
+    return [
+        add_entry(dp, make_cookie(KIND_INFRA, epoch, 0), PRIO_MISS, p.OFPMatch(), []),
+        add_entry(dp, make_cookie(KIND_INFRA, epoch, 1), PRIO_ARP, p.OFPMatch(eth_type=0x0806), to_controller(dp)),
+    ]
+
+
+def own_address_entry(dp: Any, epoch: int, ipaddr: str, index: int) -> Any:
+    """Drop IP traffic to the DFS's own interface address, so a wildcard VS never claims it."""
+    p = dp.ofproto_parser
+    return add_entry(dp, make_cookie(KIND_INFRA, epoch, 0x100 + index), PRIO_OWN_ADDR,
+                     p.OFPMatch(eth_type=0x0800, ipv4_dst=ipaddr), [])
+
+
+def vs_priority(wild_addr: bool, wild_port: bool) -> int:
+    """More specific virtual servers win: exact > any port > any address > both wild."""
+    return PRIO_VS_BASE + (0 if wild_addr else 2) + (0 if wild_port else 1)
+
+
+def vs_match(dp: Any, proto: int, vip: str, vport: int, wild_addr: bool, wild_port: bool) -> Any:
+    """The match selecting new flows to a virtual server."""
+    kwargs: dict[str, Any] = {"eth_type": 0x0800, "ip_proto": proto}
+    if not wild_addr:
+        kwargs["ipv4_dst"] = vip
+    if not wild_port:
+        kwargs[_l4_names(proto)[1]] = vport
+    return dp.ofproto_parser.OFPMatch(**kwargs)
+
+
+def vs_entry(dp: Any, epoch: int, index: int, proto: int, vip: str, vport: int, wild_addr: bool, wild_port: bool,
+             group_id: int | None) -> Any:
+    """Dispatch entry for a virtual server: to the controller (CS_ASSIST) or to its group (DFS_ASSIST)."""
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    if group_id is None:
+        inst = to_controller(dp)
+    else:
+        inst = [p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, [p.OFPActionGroup(group_id)])]
+    return add_entry(dp, make_cookie(KIND_DISPATCH, epoch, index), vs_priority(wild_addr, wild_port),
+                     vs_match(dp, proto, vip, vport, wild_addr, wild_port), inst)
+
+
+def vs_entry_delete(dp: Any, epoch: int, index: int) -> Any:
+    """Remove a virtual server's dispatch entry (whatever epoch installed it)."""
+    cookie = make_cookie(KIND_DISPATCH, 0, index)
+    return delete_by_cookie(dp, cookie, MASK_TAG | (0xFF << 48) | 0xFFFFFFFF)
+
+
+def delete_by_cookie(dp: Any, cookie: int, mask: int, match: Any = None) -> Any:
+    """Delete every entry whose cookie matches under ``mask`` (and ``match``, if given)."""
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    return p.OFPFlowMod(dp, cookie=cookie, cookie_mask=mask, table_id=ofp.OFPTT_ALL, command=ofp.OFPFC_DELETE,
+                        out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=match or p.OFPMatch())
+
+
+def delete_strict(dp: Any, cookie: int, ft: FiveTuple) -> Any:
+    """Delete exactly one per-flow entry."""
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    return p.OFPFlowMod(dp, cookie=cookie, cookie_mask=MASK_ALL, table_id=0, command=ofp.OFPFC_DELETE_STRICT,
+                        priority=PRIO_FLOW, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
+                        match=match_five_tuple(dp, ft))
+
+
+def flow_stats_request(dp: Any, cookie: int, mask: int) -> Any:
+    """Ask the switch for the counters of every entry whose cookie matches under ``mask``."""
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    return p.OFPFlowStatsRequest(dp, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, cookie, mask, p.OFPMatch())
+
+
+def packet_out(dp: Any, in_port: int, data: bytes, out_port: int | None = None) -> Any:
+    """Send ``data``: out of ``out_port``, or through the flow table when ``out_port`` is None."""
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    port = ofp.OFPP_TABLE if out_port is None else out_port
+    in_p = in_port if in_port else ofp.OFPP_CONTROLLER
+    return p.OFPPacketOut(dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=in_p, actions=[p.OFPActionOutput(port, 0)],
+                          data=data)
+
+
+def _ip_int(ip: str) -> int:
+    return int(ipaddress.IPv4Address(ip))
+
+
+def _mac_int(mac: str) -> int:
+    return int(mac.replace(":", ""), 16)
+
+
+@dataclass(frozen=True)
+class PoolTarget:
+    """A resolved DFS_ASSIST pool member: where its bucket rewrites to and sends."""
+
+    ipaddr: str
+    port: int
+    weight: int
+    eth_src: str
+    eth_dst: str
+    out_port: int
+
+
+def learn_actions(dp: Any, epoch: int, index: int, proto: int, target: PoolTarget, translate_addr: bool,
+                  translate_port: bool, idle: int, fin_idle: int, fin_hard: int) -> list[Any]:
+    """Learn actions installing a connection's forward and reverse entries from its first packet."""
+    p = dp.ofproto_parser
+    sname, dname = ("tcp_src_nxm", "tcp_dst_nxm") if proto == IPPROTO_TCP else ("udp_src_nxm", "udp_dst_nxm")
+    M, L, O = p.NXFlowSpecMatch, p.NXFlowSpecLoad, p.NXFlowSpecOutput
+    common = [M(src=0x0800, dst=("eth_type_nxm", 0), n_bits=16), M(src=proto, dst=("ip_proto_nxm", 0), n_bits=8)]
+    fwd = common + [
+        M(src=("ipv4_src_nxm", 0), dst=("ipv4_src_nxm", 0), n_bits=32),
+        M(src=("ipv4_dst_nxm", 0), dst=("ipv4_dst_nxm", 0), n_bits=32),
+        M(src=(sname, 0), dst=(sname, 0), n_bits=16),
+        M(src=(dname, 0), dst=(dname, 0), n_bits=16),
+    ]
+    if translate_addr:
+        fwd.append(L(src=_ip_int(target.ipaddr), dst=("ipv4_dst_nxm", 0), n_bits=32))
+    if translate_port:
+        fwd.append(L(src=target.port, dst=(dname, 0), n_bits=16))
+    fwd += [
+        L(src=_mac_int(target.eth_src), dst=("eth_src_nxm", 0), n_bits=48),
+        L(src=_mac_int(target.eth_dst), dst=("eth_dst_nxm", 0), n_bits=48),
+        O(src=("reg0", 0), n_bits=32),
+    ]
+    rev = list(common)
+    if translate_addr:
+        rev.append(M(src=_ip_int(target.ipaddr), dst=("ipv4_src_nxm", 0), n_bits=32))
+    else:
+        rev.append(M(src=("ipv4_dst_nxm", 0), dst=("ipv4_src_nxm", 0), n_bits=32))
+    rev.append(M(src=("ipv4_src_nxm", 0), dst=("ipv4_dst_nxm", 0), n_bits=32))
+    if translate_port:
+        rev.append(M(src=target.port, dst=(sname, 0), n_bits=16))
+    else:
+        rev.append(M(src=(dname, 0), dst=(sname, 0), n_bits=16))
+    rev.append(M(src=(sname, 0), dst=(dname, 0), n_bits=16))
+    if translate_addr:
+        rev.append(L(src=("ipv4_dst_nxm", 0), dst=("ipv4_src_nxm", 0), n_bits=32))
+    if translate_port:
+        rev.append(L(src=(dname, 0), dst=(sname, 0), n_bits=16))
+    rev += [
+        # the client-side MACs: our MAC is what the client addressed, its MAC is what it sent from
+        L(src=("eth_dst_nxm", 0), dst=("eth_src_nxm", 0), n_bits=48),
+        L(src=("eth_src_nxm", 0), dst=("eth_dst_nxm", 0), n_bits=48),
+        O(src=("in_port_nxm", 0), n_bits=16),
+    ]
+    tcp = proto == IPPROTO_TCP
+    kw = {"idle_timeout": idle, "priority": PRIO_FLOW, "flags": FLOW_REM_SEND,
+          "fin_idle_timeout": fin_idle if tcp else 0, "fin_hard_timeout": fin_hard if tcp else 0}
+    return [
+        p.NXActionLearn(table_id=0, specs=fwd, cookie=make_cookie(KIND_LEARN_FWD, epoch, index), **kw),
+        p.NXActionLearn(table_id=0, specs=rev, cookie=make_cookie(KIND_LEARN_REV, epoch, index), **kw),
+    ]
+
+
+def pool_group(dp: Any, command: int, group_id: int, epoch: int, index: int, proto: int,
+               targets: list[PoolTarget], translate_addr: bool, translate_port: bool, idle: int,
+               fin_idle: int, fin_hard: int) -> Any:
+    """A select group with one weighted bucket per reachable pool member.
+
+    OVS hashes each new connection to a bucket (its default for OpenFlow 1.3 select groups is
+    a symmetric hash of the L3/L4 five-tuple); the bucket learns the per-connection entries so
+    later packets never reach the group again and the connection keeps its server.
+    """
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    sname, dname = _l4_names(proto)
+    buckets = []
+    for t in targets:
+        acts: list[Any] = [p.OFPActionSetField(reg0=t.out_port)]
+        acts += learn_actions(dp, epoch, index, proto, t, translate_addr, translate_port, idle, fin_idle, fin_hard)
+        if translate_addr:
+            acts.append(p.OFPActionSetField(ipv4_dst=t.ipaddr))
+        if translate_port:
+            acts.append(p.OFPActionSetField(**{dname: t.port}))
+        acts += [p.OFPActionSetField(eth_src=t.eth_src), p.OFPActionSetField(eth_dst=t.eth_dst),
+                 p.OFPActionOutput(t.out_port, 0)]
+        buckets.append(p.OFPBucket(weight=max(1, t.weight), watch_port=ofp.OFPP_ANY, watch_group=ofp.OFPG_ANY,
+                                   actions=acts))
+    del sname
+    return p.OFPGroupMod(dp, command=command, type_=ofp.OFPGT_SELECT, group_id=group_id, buckets=buckets)
+
+
+def group_delete(dp: Any, group_id: int) -> Any:
+    """Delete one group (OFPG_ALL deletes every group)."""
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    return p.OFPGroupMod(dp, command=ofp.OFPGC_DELETE, type_=ofp.OFPGT_SELECT, group_id=group_id, buckets=[])

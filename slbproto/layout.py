@@ -1,0 +1,334 @@
+"""Declarative message layouts: one table of fields per message, everything else derived.
+
+A :class:`Layout` is an ordered tuple of :class:`Field` rows (name, struct code, meaning, allowed
+values). From it come the precompiled :class:`struct.Struct`, the byte offsets, the range checks
+used by pack (raising :class:`~slbproto.errors.UsageError`) and unpack (raising
+:class:`~slbproto.errors.ProtocolError`), the source fragments from which :mod:`slbproto.ssmb`
+and :mod:`slbproto.csmb` generate their straight-line pack/unpack functions, and the tables and
+bit diagrams of ``docs/PROTOCOL.md``.
+"""
+
+from __future__ import annotations
+
+import enum
+import socket
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from slbproto.errors import UsageError
+
+_WIDTH = {"B": 1, "H": 2, "I": 4, "Q": 8}
+
+
+class Role(enum.Enum):
+    """How a field's value is obtained when packing."""
+
+    VALUE = "value"  # an attribute of the message object
+    CONST = "const"  # fixed by the message class (msg_type)
+    COUNT = "count"  # supplied by the framing (SSMB count)
+    LENGTH = "length"  # computed from variable data (app_data_len, msg_length)
+    PAD = "pad"  # zero on send, ignored on receive
+
+
+Allowed = range | type[enum.IntEnum] | type[enum.IntFlag] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One row of a message table."""
+
+    name: str
+    code: str  # struct code: B/H/I/Q for integers, 4s for IPv4, nx for padding
+    meaning: str
+    role: Role = Role.VALUE
+    ipv4: bool = False
+    allowed: Allowed = None
+
+    @property
+    def size(self) -> int:
+        """Width in octets."""
+        if self.ipv4:
+            return 4
+        if self.role is Role.PAD:
+            return int(self.code[:-1] or 1)
+        return _WIDTH[self.code]
+
+    @property
+    def max_value(self) -> int:
+        """Largest value the field's width can hold."""
+        return (1 << (8 * self.size)) - 1
+
+    @property
+    def has_value(self) -> bool:
+        """True when struct produces/consumes a value for this field."""
+        return self.role is not Role.PAD
+
+    def allowed_text(self) -> str:
+        """Human-readable allowed range, for docs and error messages."""
+        if self.role is Role.PAD:
+            return "0 on send; ignored on receive"
+        if self.ipv4:
+            return "IPv4 address"
+        allowed = self.allowed
+        if allowed is None:
+            return f"0..{self.max_value}"
+        if isinstance(allowed, range):
+            return f"{allowed.start}..{allowed.stop - 1}"
+        if issubclass(allowed, enum.IntFlag):
+            return f"{allowed.__name__} bits (mask 0x{_flag_mask(allowed):x})"
+        names = ", ".join(f"{m.name}={m.value}" for m in allowed)
+        return f"{allowed.__name__}: {names}"
+
+    def bad_expr(self, var: str) -> str | None:
+        """Python expression, true when ``var`` is outside the allowed set; None if width suffices."""
+        allowed = self.allowed
+        if allowed is None or self.ipv4 or self.role is Role.PAD:
+            return None
+        if isinstance(allowed, range):
+            if allowed.start == 0 and allowed.stop - 1 >= self.max_value:
+                return None
+            return f"not ({allowed.start} <= {var} <= {allowed.stop - 1})"
+        if issubclass(allowed, enum.IntFlag):
+            return f"{var} & {_flag_mask(allowed) ^ self.max_value}"
+        return f"{var} not in {self.ok_name}"
+
+    @property
+    def ok_name(self) -> str:
+        """Name of the frozenset of allowed values in generated code."""
+        return f"_ok_{self.name}"
+
+    def problem(self, value: object) -> str | None:
+        """Slow, precise validation for a packed value: a description of what is wrong, or None."""
+        if self.ipv4:
+            if not isinstance(value, str):
+                return f"{self.name} must be a dotted-quad str, got {type(value).__name__}"
+            try:
+                socket.inet_pton(socket.AF_INET, value)
+            except OSError:
+                return f"{self.name}={value!r} is not a dotted-quad IPv4 address"
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{self.name} must be an int, got {type(value).__name__}"
+        if not 0 <= value <= self.max_value:
+            return f"{self.name}={value} does not fit in {self.size} octet(s)"
+        if not self.permits(value):
+            return f"{self.name}={value} not in {self.allowed_text()}"
+        return None
+
+    def permits(self, value: int) -> bool:
+        """True when an in-width integer is inside the allowed set."""
+        allowed = self.allowed
+        if allowed is None:
+            return True
+        if isinstance(allowed, range):
+            return value in allowed
+        if issubclass(allowed, enum.IntFlag):
+            return not value & ~_flag_mask(allowed)
+        return value in {int(m) for m in allowed}
+
+    def namespace(self) -> dict[str, object]:
+        """Names the generated checks refer to."""
+        allowed = self.allowed
+        if (
+            allowed is not None
+            and not isinstance(allowed, range)
+            and not issubclass(allowed, enum.IntFlag)
+        ):
+            return {self.ok_name: frozenset(int(m) for m in allowed)}
+        return {}
+
+
+def _flag_mask(flags: type[enum.IntFlag]) -> int:
+    mask = 0
+    for member in flags:
+        mask |= int(member)
+    return mask
+
+
+def u8(name: str, meaning: str, allowed: Allowed = None, role: Role = Role.VALUE) -> Field:
+    """An unsigned 8-bit field."""
+    return Field(name, "B", meaning, role, allowed=allowed)
+
+
+def u16(name: str, meaning: str, allowed: Allowed = None, role: Role = Role.VALUE) -> Field:
+    """An unsigned 16-bit field."""
+    return Field(name, "H", meaning, role, allowed=allowed)
+
+
+def u32(name: str, meaning: str, allowed: Allowed = None, role: Role = Role.VALUE) -> Field:
+    """An unsigned 32-bit field."""
+    return Field(name, "I", meaning, role, allowed=allowed)
+
+
+def u64(name: str, meaning: str) -> Field:
+    """An unsigned 64-bit field."""
+    return Field(name, "Q", meaning)
+
+
+def ipv4(name: str, meaning: str) -> Field:
+    """A 4-octet IPv4 address, a dotted-quad str in Python."""
+    return Field(name, "4s", meaning, ipv4=True)
+
+
+def pad(octets: int, name: str = "pad") -> Field:
+    """Zero padding."""
+    return Field(name, f"{octets}x", "padding", Role.PAD)
+
+
+@dataclass(frozen=True, slots=True)
+class Tail:
+    """Variable-length octets following the fixed part, sized by a LENGTH field."""
+
+    attr: str
+    length_field: str
+    max_len: int
+    meaning: str
+    align: int = 1  # the whole (fixed part + data) is zero-padded to a multiple of this
+    optional: bool = False  # the length field and data may be absent (HELLO auth)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The table of one message (or of a sub-structure such as a VS definition)."""
+
+    name: str
+    fields: tuple[Field, ...]
+    description: str = ""
+    tail: Tail | None = None
+    expected_size: int | None = None
+    struct: struct.Struct = field(init=False)
+    offsets: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.fields if f.role is not Role.PAD]
+        if len(names) != len(set(names)):
+            raise UsageError(f"{self.name}: duplicate field names")
+        codes = "".join(f.code for f in self.fields)
+        object.__setattr__(self, "struct", struct.Struct(">" + codes))
+        offsets: dict[str, int] = {}
+        off = 0
+        for f in self.fields:
+            offsets.setdefault(f.name, off)
+            off += f.size
+        object.__setattr__(self, "offsets", offsets)
+        # The import-time size guard: a table that disagrees with the spec never loads.
+        assert off == self.struct.size, (self.name, off, self.struct.size)
+        if self.expected_size is not None:
+            assert self.struct.size == self.expected_size, (
+                f"{self.name}: {self.struct.size} octets, spec says {self.expected_size}"
+            )
+
+    @property
+    def size(self) -> int:
+        """Octets of the fixed part."""
+        return self.struct.size
+
+    def rows(self) -> Iterator[tuple[int, Field]]:
+        """(offset, field) for every field including padding."""
+        off = 0
+        for f in self.fields:
+            yield off, f
+            off += f.size
+
+    def value_fields(self) -> tuple[Field, ...]:
+        """Fields that struct packs a value for, in struct order."""
+        return tuple(f for f in self.fields if f.has_value)
+
+    def namespace(self) -> dict[str, object]:
+        """Everything generated code for this layout refers to."""
+        ns: dict[str, object] = {"_pton": socket.inet_pton, "_ntoa": socket.inet_ntoa}
+        for f in self.fields:
+            ns.update(f.namespace())
+        return ns
+
+    def pack_args(self, expr: Callable[[Field], str]) -> str:
+        """Comma-separated struct.pack arguments; ``expr(field)`` gives the Python value."""
+        out = []
+        for f in self.value_fields():
+            e = expr(f)
+            out.append(f"_pton(2, {e})" if f.ipv4 else e)
+        return ", ".join(out)
+
+    def check_lines(self, fields: Callable[[Field], str | None], raise_fmt: str, indent: str) -> str:
+        """Lines raising when a value is outside its allowed set.
+
+        ``fields(f)`` names the variable holding f's value (None to skip it); ``raise_fmt`` is a
+        statement template with ``{f}`` (field index in ``self.fields``) and ``{v}`` (variable).
+        """
+        lines = []
+        for index, f in enumerate(self.fields):
+            var = fields(f)
+            if var is None:
+                continue
+            bad = f.bad_expr(var)
+            if bad is not None:
+                lines.append(f"{indent}if {bad}:\n{indent}    " + raise_fmt.format(f=index, v=var))
+        return "\n".join(lines)
+
+    def validate(self, values: dict[str, Any], label: str | None = None) -> None:
+        """Raise UsageError naming the first VALUE field whose value cannot be packed."""
+        for f in self.fields:
+            if f.role is Role.VALUE:
+                problem = f.problem(values[f.name])
+                if problem is not None:
+                    raise UsageError(f"{label or self.name}: {problem}")
+
+
+M = TypeVar("M")
+
+
+class Registry(Generic[M]):
+    """Maps type codes to message classes and refuses a code registered twice."""
+
+    def __init__(self, bus: str) -> None:
+        self.bus = bus
+        self._by_code: dict[int, type[M]] = {}
+
+    def register(self, code: int, cls: type[M]) -> None:
+        """Add cls under code; a duplicate code is a programming error."""
+        if code in self._by_code:
+            other = self._by_code[code].__name__
+            raise UsageError(f"{self.bus}: type code {code} already registered to {other}")
+        self._by_code[code] = cls
+
+    def get(self, code: int) -> type[M] | None:
+        """The class registered for code, or None."""
+        return self._by_code.get(code)
+
+    def __iter__(self) -> Iterator[tuple[int, type[M]]]:
+        return iter(sorted(self._by_code.items()))
+
+    def __len__(self) -> int:
+        return len(self._by_code)
+
+
+def compile_function(source: str, namespace: dict[str, object], name: str) -> Callable[..., Any]:
+    """Compile generated source and return the function called ``name``."""
+    code = compile(source, f"<slbproto generated {name}>", "exec")
+    exec(code, namespace)  # noqa: S102
+    fn = namespace[name]
+    assert callable(fn)
+    return fn
+
+
+def format_value(f: Field, value: object) -> str:
+    """repr of a field value, symbolic for enums and flags."""
+    allowed = f.allowed
+    if isinstance(value, int) and not isinstance(value, bool) and allowed is not None:
+        if isinstance(allowed, range):
+            return repr(int(value))
+        if issubclass(allowed, enum.IntFlag):
+            if value == 0:
+                return "0"
+            known = [m.name for m in allowed if m.name and value & int(m)]
+            rest = value & ~_flag_mask(allowed)
+            if rest:
+                known.append(hex(rest))
+            return "|".join(known)
+        try:
+            return allowed(value).name
+        except ValueError:
+            return repr(int(value))
+    return repr(value)
