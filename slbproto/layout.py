@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from slbproto.errors import UsageError
+from slbproto.errors import BadFieldValue, UsageError
 
 _WIDTH = {"B": 1, "H": 2, "I": 4, "Q": 8}
 
@@ -266,6 +266,35 @@ class Layout:
             if bad is not None:
                 lines.append(f"{indent}if {bad}:\n{indent}    " + raise_fmt.format(f=index, v=var))
         return "\n".join(lines)
+
+    def encode(self, values: dict[str, Any], label: str | None = None) -> bytes:
+        """Pack a dict of field values (IPv4 as str); UsageError naming a bad field."""
+        args: list[object] = []
+        for f in self.value_fields():
+            value = values[f.name]
+            problem = f.problem(value)
+            if problem is not None:
+                raise UsageError(f"{label or self.name}: {problem}")
+            args.append(socket.inet_pton(socket.AF_INET, value) if f.ipv4 else value)
+        return self.struct.pack(*args)
+
+    def decode(self, buf: bytes | bytearray | memoryview, offset: int = 0) -> dict[str, Any]:
+        """Unpack the fixed part at offset into a dict; BadFieldValue for an out-of-range value.
+
+        The caller has checked that ``self.size`` octets are available.
+        """
+        values = self.struct.unpack_from(buf, offset)
+        out: dict[str, Any] = {}
+        for f, value in zip(self.value_fields(), values, strict=True):
+            if f.ipv4:
+                out[f.name] = socket.inet_ntoa(value)
+            else:
+                if not f.permits(value):
+                    raise BadFieldValue(
+                        f.name, value, f.allowed_text(), offset=offset + self.offsets[f.name]
+                    )
+                out[f.name] = value
+        return out
 
     def validate(self, values: dict[str, Any], label: str | None = None) -> None:
         """Raise UsageError naming the first VALUE field whose value cannot be packed."""

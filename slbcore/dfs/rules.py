@@ -35,8 +35,8 @@ KIND_INFRA = 0x01
 KIND_DISPATCH = 0x02
 KIND_FWD = 0x11
 KIND_REV = 0x12
-KIND_LEARN_FWD = 0x13
-KIND_LEARN_REV = 0x14
+KIND_LEARN_FWD = 0x15
+KIND_LEARN_REV = 0x16
 
 PRIO_MISS = 0
 PRIO_ARP = 100
@@ -49,7 +49,7 @@ FLOW_REM_SEND = 1  # NX_LEARN_F_SEND_FLOW_REM
 MASK_ALL = 0xFFFFFFFFFFFFFFFF
 MASK_TAG = 0xFF << 56
 MASK_PER_FLOW = MASK_TAG | (KIND_PER_FLOW << 48)
-MASK_FLOW = MASK_TAG | (0xEF << 48) | (0xFFFF << 32) | 0xFFFFFFFF  # both directions of one flow
+MASK_FLOW = MASK_TAG | (0xFC << 48) | (0xFFFF << 32) | 0xFFFFFFFF  # both directions of one flow
 
 
 def make_cookie(kind: int, epoch: int, ident: int) -> int:
