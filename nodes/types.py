@@ -172,6 +172,32 @@ class ClientNode(SlbNode):
         except ValueError:
             return 0, out
 
+    def count_traffic(self, peer: str, port: int | None = None) -> None:
+        """Start counting IP packets/bytes this client exchanges with ``peer`` (nftables counters)."""
+        match = f"tcp dport {port}" if port else ""
+        rmatch = f"tcp sport {port}" if port else ""
+        rules = (
+            "table ip slbcount {\n"
+            f"  chain out {{ type filter hook output priority 0; ip daddr {peer} {match} counter; }}\n"
+            f"  chain in {{ type filter hook input priority 0; ip saddr {peer} {rmatch} counter; }}\n"
+            "}\n"
+        )
+        self.cmd("nft delete table ip slbcount 2>/dev/null")
+        self.cmd(f"printf %s {shlex.quote(rules)} | nft -f -")
+
+    def counted(self) -> dict[str, tuple[int, int]]:
+        """(packets, IP bytes) sent to and received from the counted peer: ``{"sent": .., "received": ..}``."""
+        doc = json.loads(self.cmd("nft -j list table ip slbcount"))
+        found: dict[str, tuple[int, int]] = {}
+        for item in doc["nftables"]:
+            rule = item.get("rule")
+            if not rule:
+                continue
+            counter = next(e["counter"] for e in rule["expr"] if "counter" in e)
+            key = "sent" if rule["chain"] == "out" else "received"
+            found[key] = (counter["packets"], counter["bytes"])
+        return found
+
 
 class RouterNode(OffloadFreeHost):
     """A Linux router namespace: forwarding on, static routes, multipath with L4 hashing (ECMP)."""
