@@ -160,22 +160,42 @@ def _ssmb_rows(*rows: SsmbSemantics) -> Mapping[SsmbType, SsmbSemantics]:
 _S, _H, _L = Sender, Priority.HIGH, Priority.LOW
 
 SSMB_SEMANTICS: Final = _ssmb_rows(
-    SsmbSemantics(SsmbType.QUERY, _S.DFS, _H, False, False, "REPLY",
-                  "DFS asks the CS how to handle a new flow."),
-    SsmbSemantics(SsmbType.APP_QUERY, _S.DFS, _H, False, False, "REPLY",
-                  "QUERY for a virtual server balanced on application data."),
-    SsmbSemantics(SsmbType.REPLY, _S.CS, _H, False, True, None,
-                  "CS instructions for the new flow."),
-    SsmbSemantics(SsmbType.DELETE, _S.DFS, _H, False, True, None,
-                  "DFS deleted a flow (inactivity, timer, TCP close or reset)."),
-    SsmbSemantics(SsmbType.REAP, _S.CS, _L, True, False, "STATS",
-                  "CS asks the DFS to delete a flow whose timer expired."),
-    SsmbSemantics(SsmbType.STATS, _S.DFS, _L, True, True, None,
-                  "DFS flow statistics, answering REAP."),
-    SsmbSemantics(SsmbType.NEWFLOW, _S.CS, _L, False, True, None,
-                  "CS tells the DFS to prepare for a new flow."),
-    SsmbSemantics(SsmbType.RESET, _S.BOTH, _L, False, True, "ACK (CSMB)",
-                  "Delete all flows."),
+    SsmbSemantics(
+        SsmbType.QUERY, _S.DFS, _H, False, False, "REPLY", "DFS asks the CS how to handle a new flow."
+    ),
+    SsmbSemantics(
+        SsmbType.APP_QUERY,
+        _S.DFS,
+        _H,
+        False,
+        False,
+        "REPLY",
+        "QUERY for a virtual server balanced on application data.",
+    ),
+    SsmbSemantics(SsmbType.REPLY, _S.CS, _H, False, True, None, "CS instructions for the new flow."),
+    SsmbSemantics(
+        SsmbType.DELETE,
+        _S.DFS,
+        _H,
+        False,
+        True,
+        None,
+        "DFS deleted a flow (inactivity, timer, TCP close or reset).",
+    ),
+    SsmbSemantics(
+        SsmbType.REAP,
+        _S.CS,
+        _L,
+        True,
+        False,
+        "STATS",
+        "CS asks the DFS to delete a flow whose timer expired.",
+    ),
+    SsmbSemantics(SsmbType.STATS, _S.DFS, _L, True, True, None, "DFS flow statistics, answering REAP."),
+    SsmbSemantics(
+        SsmbType.NEWFLOW, _S.CS, _L, False, True, None, "CS tells the DFS to prepare for a new flow."
+    ),
+    SsmbSemantics(SsmbType.RESET, _S.BOTH, _L, False, True, "ACK (CSMB)", "Delete all flows."),
 )
 
 
@@ -187,57 +207,67 @@ def _csmb_rows(*rows: CsmbSemantics) -> Mapping[CsmbType, CsmbSemantics]:
 
 CSMB_SEMANTICS: Final = _csmb_rows(
     CsmbSemantics(CsmbType.ADD_VS, _S.CS, None, "Add or modify a virtual server."),
-    CsmbSemantics(CsmbType.DELETE_VS, _S.CS, None,
-                  "Delete a virtual server; an unknown one is ignored."),
-    CsmbSemantics(CsmbType.QUERY_VS, _S.BOTH, "VS_LIST",
-                  "Ask for the configured virtual servers (optionally filtered)."),
+    CsmbSemantics(CsmbType.DELETE_VS, _S.CS, None, "Delete a virtual server; an unknown one is ignored."),
+    CsmbSemantics(
+        CsmbType.QUERY_VS, _S.BOTH, "VS_LIST", "Ask for the configured virtual servers (optionally filtered)."
+    ),
     CsmbSemantics(CsmbType.VS_LIST, _S.BOTH, None, "List of configured virtual servers."),
-    CsmbSemantics(CsmbType.RESET, _S.BOTH, None,
-                  "Delete all virtual servers (the CS sends it when it initialises)."),
+    CsmbSemantics(
+        CsmbType.RESET, _S.BOTH, None, "Delete all virtual servers (the CS sends it when it initialises)."
+    ),
     CsmbSemantics(CsmbType.STATUS, _S.BOTH, "STATUS", "House keeping: a 32-bit status word."),
-    CsmbSemantics(CsmbType.HELLO, _S.BOTH, "ACK",
-                  "Announce version, capabilities and SSMB endpoint."),
+    CsmbSemantics(CsmbType.HELLO, _S.BOTH, "ACK", "Announce version, capabilities and SSMB endpoint."),
     CsmbSemantics(CsmbType.ACK, _S.BOTH, None, "Result of a HELLO (or RESET) in error."),
 )
 
-SSMB_ERROR_MEANING: Final = MappingProxyType({
-    SsmbError.OK: "Success.",
-    SsmbError.UNKNOWN: "The CS does not know how to handle the flow in the query.",
-    SsmbError.NOTAVAIL: "REPLY: virtual server not available (port denied or maintenance); flow denied.",
-    SsmbError.CONNLIMIT: "REPLY: the virtual server's connection limit would be exceeded; flow denied.",
-    SsmbError.CONNALIVE: "STATS answering REAP: the connection is still alive and must not be reaped.",
-})
+SSMB_ERROR_MEANING: Final = MappingProxyType(
+    {
+        SsmbError.OK: "Success.",
+        SsmbError.UNKNOWN: "The CS does not know how to handle the flow in the query.",
+        SsmbError.NOTAVAIL: "REPLY: virtual server not available (port denied or maintenance); flow denied.",
+        SsmbError.CONNLIMIT: "REPLY: the virtual server's connection limit would be exceeded; flow denied.",
+        SsmbError.CONNALIVE: "STATS answering REAP: the connection is still alive and must not be reaped.",
+    }
+)
 
-CSMB_ERROR_MEANING: Final = MappingProxyType({
-    CsmbError.OK: "Success.",
-    CsmbError.VERS_NEW: "HELLO version not yet supported; retry with a lower version.",
-    CsmbError.VERS_OBSOLETE: "HELLO version no longer supported; retry with a higher version.",
-    CsmbError.AUTH_FAILED: "(project) HELLO authentication failed; the connection is closed.",
-    CsmbError.BAD_MESSAGE: "(project) the last message was rejected as malformed; the connection is closed.",
-    CsmbError.NOT_SUPPORTED: "(project) the request is well formed but not supported by this segment.",
-})
+CSMB_ERROR_MEANING: Final = MappingProxyType(
+    {
+        CsmbError.OK: "Success.",
+        CsmbError.VERS_NEW: "HELLO version not yet supported; retry with a lower version.",
+        CsmbError.VERS_OBSOLETE: "HELLO version no longer supported; retry with a higher version.",
+        CsmbError.AUTH_FAILED: "(project) HELLO authentication failed; the connection is closed.",
+        CsmbError.BAD_MESSAGE: "(project) the last message was malformed; the connection is closed.",
+        CsmbError.NOT_SUPPORTED: "(project) the request is well formed but not supported by this segment.",
+    }
+)
 
-FLOW_FLAG_MEANING: Final = MappingProxyType({
-    FlowFlag.OUTBOUND: "Message concerns an outbound flow (else inbound, the common case).",
-    FlowFlag.ADD_TCP_OFFSET: "Add the seq/ack offsets to every TCP header of the flow (CS did the handshake).",
-})
+FLOW_FLAG_MEANING: Final = MappingProxyType(
+    {
+        FlowFlag.OUTBOUND: "Message concerns an outbound flow (else inbound, the common case).",
+        FlowFlag.ADD_TCP_OFFSET: "Add the seq/ack offsets to the flow's TCP headers (CS did the handshake).",
+    }
+)
 
-VS_FLAG_MEANING: Final = MappingProxyType({
-    VsFlag.TRANSLATE_ADDR: "CS always supplies a new destination address; else the DFS never translates addresses.",
-    VsFlag.TRANSLATE_PORT: "CS always supplies a new destination port; else the DFS never translates ports.",
-    VsFlag.ROUTE_BY_DST_IP: "DFS routes on the destination address; else it uses next_hop_ipaddr.",
-    VsFlag.REDUNDANT: "(HELLO) two CSs; state-shared messages are copied to ssmb_standby_ipaddr.",
-    VsFlag.WILDCARD_ADDR: "virt_ipaddr ignored: catch traffic for any otherwise unmatched address.",
-    VsFlag.WILDCARD_PORT: "virt_port ignored: catch traffic for any otherwise unmatched port of the address.",
-    VsFlag.NOARP_MODE: "Accept packets for the address but do not answer ARP for it.",
-    VsFlag.APP_PROXY: "(HELLO) sender can proxy the TCP handshake and extract application data.",
-    VsFlag.SSL_PROXY: "Balance on the client's SSL/TLS session id.",
-    VsFlag.COOKIE_PROXY: "Balance on an HTTP cookie; the cookie name is in app_data.",
-    VsFlag.HTTP_PROXY: "Balance on the HTTP request head.",
-    VsFlag.RAW_PROXY: "Balance on application data the DFS cannot parse; bridge client bytes to the CS.",
-})
+VS_FLAG_MEANING: Final = MappingProxyType(
+    {
+        VsFlag.TRANSLATE_ADDR: "CS always supplies a new destination address; else the DFS keeps it.",
+        VsFlag.TRANSLATE_PORT: "CS always supplies a new destination port; else the DFS keeps it.",
+        VsFlag.ROUTE_BY_DST_IP: "DFS routes on the destination address; else it uses next_hop_ipaddr.",
+        VsFlag.REDUNDANT: "(HELLO) two CSs; state-shared messages are copied to ssmb_standby_ipaddr.",
+        VsFlag.WILDCARD_ADDR: "virt_ipaddr ignored: catch traffic for any otherwise unmatched address.",
+        VsFlag.WILDCARD_PORT: "virt_port ignored: catch any otherwise unmatched port of the address.",
+        VsFlag.NOARP_MODE: "Accept packets for the address but do not answer ARP for it.",
+        VsFlag.APP_PROXY: "(HELLO) sender can proxy the TCP handshake and extract application data.",
+        VsFlag.SSL_PROXY: "Balance on the client's SSL/TLS session id.",
+        VsFlag.COOKIE_PROXY: "Balance on an HTTP cookie; the cookie name is in app_data.",
+        VsFlag.HTTP_PROXY: "Balance on the HTTP request head.",
+        VsFlag.RAW_PROXY: "Balance on application data the DFS cannot parse; bridge client bytes to the CS.",
+    }
+)
 
-VS_CLASS_MEANING: Final = MappingProxyType({
-    VsClass.CS_ASSIST: "The CS decides every flow (QUERY/REPLY per flow).",
-    VsClass.DFS_ASSIST: "The DFS decides flows itself from the pool in app_data.",
-})
+VS_CLASS_MEANING: Final = MappingProxyType(
+    {
+        VsClass.CS_ASSIST: "The CS decides every flow (QUERY/REPLY per flow).",
+        VsClass.DFS_ASSIST: "The DFS decides flows itself from the pool in app_data.",
+    }
+)

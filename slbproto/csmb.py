@@ -64,8 +64,12 @@ POOL_ENTRY_LEN: Final = 8
 HEADER_FIELDS: Final = (
     u16("serial_global", "sender's serial over all CSMB messages on this connection; wraps"),
     u16("serial_bytype", "sender's serial for this msg_type on this connection; wraps"),
-    u32("msg_length", "octets of the whole message, header included",
-        range(CSMB_HEADER_LEN, MAX_CSMB_LENGTH + 1), Role.LENGTH),
+    u32(
+        "msg_length",
+        "octets of the whole message, header included",
+        range(CSMB_HEADER_LEN, MAX_CSMB_LENGTH + 1),
+        Role.LENGTH,
+    ),
     u8("msg_type", "message type", CsmbType, Role.CONST),
     pad(1),
     u16("error", "error code", CsmbError),
@@ -81,17 +85,24 @@ VS_LAYOUT: Final = Layout(
         u32("flags", "virtual server flags", VsFlag),
         ipv4("virt_ipaddr", "virtual IP address"),
         u16("virt_port", "virtual TCP/UDP port"),
-        u8("vs_class", "0 = unspecified (DELETE_VS and QUERY_VS filter only), "
-           "1 CS_ASSIST, 2 DFS_ASSIST", range(0, 3)),
+        u8(
+            "vs_class",
+            "0 = unspecified (DELETE_VS and QUERY_VS filter only), 1 CS_ASSIST, 2 DFS_ASSIST",
+            range(0, 3),
+        ),
         u8("proto", "IP protocol (6 TCP, 17 UDP)"),
         pad(2),
         u16("app_data_len", "octets of app_data", range(0, MAX_APP_DATA_LEN + 1), Role.LENGTH),
     ),
     "Body of ADD_VS and DELETE_VS, optional body of QUERY_VS, repeated in VS_LIST. "
     "16 + app_data_len octets, zero-padded to a multiple of 4.",
-    tail=Tail("app_data", "app_data_len", MAX_APP_DATA_LEN,
-              "cookie name (COOKIE_PROXY) or the pool (DFS_ASSIST), then zero padding to 4",
-              align=4),
+    tail=Tail(
+        "app_data",
+        "app_data_len",
+        MAX_APP_DATA_LEN,
+        "cookie name (COOKIE_PROXY) or the pool (DFS_ASSIST), then zero padding to 4",
+        align=4,
+    ),
     expected_size=16,
 )
 
@@ -108,8 +119,8 @@ POOL_ENTRY_LAYOUT: Final = Layout(
 
 HELLO_LAYOUT: Final = Layout(
     "HELLO",
-    HEADER_FIELDS
-    + (
+    (
+        *HEADER_FIELDS,
         ipv4("ssmb_active_ipaddr", "sender's own SSMB address (the active CS when sent by a CS)"),
         ipv4("ssmb_standby_ipaddr", "standby CS SSMB address, 0.0.0.0 if none (CS only)"),
         u32("flags", "capabilities: REDUNDANT, APP_PROXY", VsFlag),
@@ -125,14 +136,19 @@ HELLO_AUTH_LAYOUT: Final = Layout(
     "HELLO authentication (optional)",
     (u16("auth_data_len", "octets of auth_data", range(0, MAX_AUTH_DATA_LEN + 1), Role.LENGTH),),
     "Present when msg_length > 28: HMAC data, see Authentication.",
-    tail=Tail("auth_data", "auth_data_len", MAX_AUTH_DATA_LEN,
-              "nonce (16) followed by HMAC-SHA256 (32)", optional=True),
+    tail=Tail(
+        "auth_data",
+        "auth_data_len",
+        MAX_AUTH_DATA_LEN,
+        "nonce (16) followed by HMAC-SHA256 (32)",
+        optional=True,
+    ),
     expected_size=2,
 )
 
 STATUS_LAYOUT: Final = Layout(
     "STATUS",
-    HEADER_FIELDS + (u32("status", "status word (project use: 0 = healthy)"),),
+    (*HEADER_FIELDS, u32("status", "status word (project use: 0 = healthy)")),
     "House keeping.",
     expected_size=16,
 )
@@ -188,8 +204,7 @@ class PoolEntry:
 def encode_pool(entries: Iterable[PoolEntry]) -> bytes:
     """app_data for a DFS_ASSIST virtual server."""
     return b"".join(
-        POOL_ENTRY_LAYOUT.encode({"ipaddr": e.ipaddr, "port": e.port, "weight": e.weight})
-        for e in entries
+        POOL_ENTRY_LAYOUT.encode({"ipaddr": e.ipaddr, "port": e.port, "weight": e.weight}) for e in entries
     )
 
 
@@ -352,8 +367,14 @@ def encode_vs(vs: VirtualServer) -> bytes:
     if len(data) > MAX_APP_DATA_LEN:
         raise UsageError(f"VirtualServer.app_data is {len(data)} octets, max {MAX_APP_DATA_LEN}")
     fixed = VS_LAYOUT.encode(
-        {"flags": vs.flags, "virt_ipaddr": vs.virt_ipaddr, "virt_port": vs.virt_port,
-         "vs_class": vs.vs_class, "proto": vs.proto, "app_data_len": len(data)},
+        {
+            "flags": vs.flags,
+            "virt_ipaddr": vs.virt_ipaddr,
+            "virt_port": vs.virt_port,
+            "vs_class": vs.vs_class,
+            "proto": vs.proto,
+            "app_data_len": len(data),
+        },
         "VirtualServer",
     )
     return fixed + data + b"\0" * (-len(data) % 4)
@@ -392,16 +413,13 @@ def _encode_body(msg: CsmbMessage) -> bytes:
 
 def _encode_fixed(msg: CsmbMessage, layout: Layout) -> bytes:
     """Pack a message whose layout is the header plus fixed fields (length filled in later)."""
-    values: dict[str, object] = {
-        f.name: getattr(msg, f.name) for f in layout.fields if f.role is Role.VALUE
-    }
+    values: dict[str, object] = {f.name: getattr(msg, f.name) for f in layout.fields if f.role is Role.VALUE}
     values.update(msg_length=layout.size, msg_type=int(msg.MSG_TYPE))
     return layout.encode(values, type(msg).__name__)
 
 
 def _header_values(msg: CsmbMessage) -> dict[str, object]:
-    return {"serial_global": msg.serial_global, "serial_bytype": msg.serial_bytype,
-            "error": msg.error}
+    return {"serial_global": msg.serial_global, "serial_bytype": msg.serial_bytype, "error": msg.error}
 
 
 def encode_message(msg: CsmbMessage) -> bytes:
@@ -423,9 +441,7 @@ def encode_message(msg: CsmbMessage) -> bytes:
 def decode_vs(buf: BytesLike, off: int, end: int) -> tuple[VirtualServer, int]:
     """The VS definition at off (within end); returns it and the offset after its padding."""
     if end - off < VS_LAYOUT.size:
-        raise VsListOverrun(
-            f"VS definition needs {VS_LAYOUT.size} octets, {end - off} left", offset=off
-        )
+        raise VsListOverrun(f"VS definition needs {VS_LAYOUT.size} octets, {end - off} left", offset=off)
     v = VS_LAYOUT.decode(buf, off)
     n = v["app_data_len"]
     if n > MAX_APP_DATA_LEN:
@@ -437,8 +453,14 @@ def decode_vs(buf: BytesLike, off: int, end: int) -> tuple[VirtualServer, int]:
             f"VS definition with app_data_len={n} needs {stop - off} octets, {end - off} left",
             offset=off + 14,
         )
-    vs = VirtualServer(v["flags"], v["virt_ipaddr"], v["virt_port"], v["vs_class"], v["proto"],
-                       bytes(buf[off + VS_LAYOUT.size:data_end]))
+    vs = VirtualServer(
+        v["flags"],
+        v["virt_ipaddr"],
+        v["virt_port"],
+        v["vs_class"],
+        v["proto"],
+        bytes(buf[off + VS_LAYOUT.size : data_end]),
+    )
     return vs, stop
 
 
@@ -448,12 +470,9 @@ def _classified(vs: VirtualServer, off: int) -> VirtualServer:
     return vs
 
 
-def _decode_body(msg_type: int, buf: BytesLike, off: int, end: int,
-                 header: dict[str, int]) -> CsmbMessage:
+def _decode_body(msg_type: int, buf: BytesLike, off: int, end: int, header: dict[str, int]) -> CsmbMessage:
     body_len = end - off
-    if msg_type in (CsmbType.ADD_VS, CsmbType.DELETE_VS) or (
-        msg_type == CsmbType.QUERY_VS and body_len
-    ):
+    if msg_type in (CsmbType.ADD_VS, CsmbType.DELETE_VS) or (msg_type == CsmbType.QUERY_VS and body_len):
         vs, stop = decode_vs(buf, off, end)
         if stop != end:
             raise BadLength(f"{end - stop} octets after the VS definition", offset=stop)
@@ -473,8 +492,7 @@ def _decode_body(msg_type: int, buf: BytesLike, off: int, end: int,
         return VsList(tuple(servers), **header)
     if msg_type in (CsmbType.RESET, CsmbType.ACK):
         if body_len:
-            raise BadLength(f"{CsmbType(msg_type).name} has no body, got {body_len} octets",
-                            offset=off)
+            raise BadLength(f"{CsmbType(msg_type).name} has no body, got {body_len} octets", offset=off)
         return Reset(**header) if msg_type == CsmbType.RESET else Ack(**header)
     if msg_type == CsmbType.STATUS:
         if body_len != _STATUS_BODY.size:
@@ -492,16 +510,23 @@ def _decode_body(msg_type: int, buf: BytesLike, off: int, end: int,
             raise BadLength("HELLO has 1 octet where auth_data_len (2) belongs", offset=auth_off)
         (auth_len,) = _U16.unpack_from(buf, auth_off)
         if auth_len > MAX_AUTH_DATA_LEN:
-            raise AppDataTooLong(f"auth_data_len={auth_len} > {MAX_AUTH_DATA_LEN}",
-                                 offset=auth_off)
+            raise AppDataTooLong(f"auth_data_len={auth_len} > {MAX_AUTH_DATA_LEN}", offset=auth_off)
         if auth_off + 2 + auth_len != end:
             raise AppDataOverrun(
                 f"auth_data_len={auth_len} but {end - auth_off - 2} octets follow",
                 offset=auth_off,
             )
-        auth = bytes(buf[auth_off + 2:end])
-    return Hello(v["ssmb_active_ipaddr"], v["ssmb_standby_ipaddr"], v["flags"], v["vers_major"],
-                 v["vers_minor"], v["ssmb_port"], auth, **header)
+        auth = bytes(buf[auth_off + 2 : end])
+    return Hello(
+        v["ssmb_active_ipaddr"],
+        v["ssmb_standby_ipaddr"],
+        v["flags"],
+        v["vers_major"],
+        v["vers_minor"],
+        v["ssmb_port"],
+        auth,
+        **header,
+    )
 
 
 def decode_message(data: BytesLike) -> CsmbMessage:

@@ -131,11 +131,7 @@ class Field:
     def namespace(self) -> dict[str, object]:
         """Names the generated checks refer to."""
         allowed = self.allowed
-        if (
-            allowed is not None
-            and not isinstance(allowed, range)
-            and not issubclass(allowed, enum.IntFlag)
-        ):
+        if allowed is not None and not isinstance(allowed, range) and not issubclass(allowed, enum.IntFlag):
             return {self.ok_name: frozenset(int(m) for m in allowed)}
         return {}
 
@@ -290,9 +286,7 @@ class Layout:
                 out[f.name] = socket.inet_ntoa(value)
             else:
                 if not f.permits(value):
-                    raise BadFieldValue(
-                        f.name, value, f.allowed_text(), offset=offset + self.offsets[f.name]
-                    )
+                    raise BadFieldValue(f.name, value, f.allowed_text(), offset=offset + self.offsets[f.name])
                 out[f.name] = value
         return out
 
@@ -336,7 +330,7 @@ class Registry(Generic[M]):
 def compile_function(source: str, namespace: dict[str, object], name: str) -> Callable[..., Any]:
     """Compile generated source and return the function called ``name``."""
     code = compile(source, f"<slbproto generated {name}>", "exec")
-    exec(code, namespace)  # noqa: S102
+    exec(code, namespace)
     fn = namespace[name]
     assert callable(fn)
     return fn

@@ -59,8 +59,12 @@ HEADER_FIELDS: Final = (
     u16("serial_global", "sender's serial over all SSMB messages to this receiver; wraps"),
     u16("serial_bytype", "sender's serial for this msg_type to this receiver; wraps"),
     u8("msg_type", "message type", SsmbType, Role.CONST),
-    u8("count", "messages in this datagram (1 when not batched); equal in every header",
-       range(1, MAX_SSMB_COUNT + 1), Role.COUNT),
+    u8(
+        "count",
+        "messages in this datagram (1 when not batched); equal in every header",
+        range(1, MAX_SSMB_COUNT + 1),
+        Role.COUNT,
+    ),
     u16("error", "error code", SsmbError),
 )
 
@@ -115,8 +119,12 @@ APP_QUERY_LAYOUT: Final = Layout(
         u16("app_data_len", "octets of app_data", range(0, MAX_APP_DATA_LEN + 1), Role.LENGTH),
     ),
     "APP_QUERY: the flow message through next_hop_ipaddr, then flow_id and app_data.",
-    tail=Tail("app_data", "app_data_len", MAX_APP_DATA_LEN,
-              "cookie value, HTTP request head, SSL/TLS session id or first client bytes"),
+    tail=Tail(
+        "app_data",
+        "app_data_len",
+        MAX_APP_DATA_LEN,
+        "cookie value, HTTP request head, SSL/TLS session id or first client bytes",
+    ),
     expected_size=44,
 )
 
@@ -332,9 +340,17 @@ def _generate(cls: type[SsmbMessage]) -> tuple[PackFn, UnpackFn]:
     slotted = next(c for c in cls.__mro__ if c.__dict__.get("__slots__"))
     builder = type(f"_{name}Builder", (SsmbMessage,), {"__slots__": slotted.__dict__["__slots__"]})
     ns.update(
-        _S=layout.struct, _C=cls, _B=builder, _new=object.__new__, _setattr=object.__setattr__, _fields=layout.fields,
-        _explain=_explain_pack_failure, _Bad=BadFieldValue, _TooLong=AppDataTooLong,
-        _Overrun=AppDataOverrun, _struct_error=struct.error,
+        _S=layout.struct,
+        _C=cls,
+        _B=builder,
+        _new=object.__new__,
+        _setattr=object.__setattr__,
+        _fields=layout.fields,
+        _explain=_explain_pack_failure,
+        _Bad=BadFieldValue,
+        _TooLong=AppDataTooLong,
+        _Overrun=AppDataOverrun,
+        _struct_error=struct.error,
     )
 
     def pack_expr(f: Field) -> str:
@@ -390,8 +406,9 @@ def _generate(cls: type[SsmbMessage]) -> tuple[PackFn, UnpackFn]:
         bad = f.bad_expr(variables.get(f.name, "")) if f.role is Role.VALUE else None
         if bad is not None:
             lines.append(f"    if {bad}:")
-            lines.append("        " + raise_fmt.format(f=index_of[f.name], v=variables[f.name])
-                         % offset_of[f.name])
+            lines.append(
+                "        " + raise_fmt.format(f=index_of[f.name], v=variables[f.name]) % offset_of[f.name]
+            )
     lines.append("    o = _new(_B)")
     for f in layout.value_fields():
         if f.role is not Role.VALUE:
@@ -456,9 +473,7 @@ def encode_datagram(messages: Sequence[SsmbMessage]) -> bytes:
         if n == 1:
             m = messages[0]
             return _PACKERS[type(m)](m, 1, m.serial_global, m.serial_bytype)
-        return b"".join(
-            [_PACKERS[type(m)](m, n, m.serial_global, m.serial_bytype) for m in messages]
-        )
+        return b"".join([_PACKERS[type(m)](m, n, m.serial_global, m.serial_bytype) for m in messages])
     except KeyError:
         raise UsageError("encode_datagram takes SSMB message objects only") from None
 
