@@ -23,8 +23,39 @@ from topo.tomlout import dumps
 PY = sys.executable
 
 
+def return_routing(node: Any, gateways: tuple[tuple[str, str], ...]) -> None:
+    """Send each connection's replies back through the DFS that delivered it.
+
+    With several DFSs on one segment (ECMP in front of them), a server's default route would
+    send every reply to one DFS, which holds no state for the other DFS's flows. Real
+    deployments solve this with connection-marking on the source MAC; so do we: conntrack marks
+    a new inbound connection with the index of the DFS MAC it came from, and a policy route per
+    mark sends the replies to that DFS.
+    """
+    marks = " ".join(
+        f"ct state new ether saddr {mac} ct mark set {i + 1};" for i, (mac, _ip) in enumerate(gateways)
+    )
+    rules = (
+        "table ip slbreturn {\n"
+        f"  chain pre {{ type filter hook prerouting priority mangle; {marks} }}\n"
+        "  chain out { type route hook output priority mangle; meta mark set ct mark; }\n"
+        "}\n"
+    )
+    node.cmd(f"printf %s {shlex.quote(rules)} | nft -f -")
+    for i, (_mac, ip) in enumerate(gateways):
+        node.cmd(f"ip rule add fwmark {i + 1} table {101 + i}")
+        node.cmd(f"ip route replace default via {ip} table {101 + i}")
+
+
 class SlbNode(OffloadFreeHost):
     """A host that runs daemons of ours; they are stopped when the node is."""
+
+    def config(self, **params: Any) -> Any:
+        """Configure as Mininet does, plus per-DFS return routing where a segment has several DFSs."""
+        result = super().config(**params)
+        if params.get("return_gateways"):
+            return_routing(self, params["return_gateways"])
+        return result
 
     def __init__(self, name: str, **params: Any) -> None:
         super().__init__(name, **params)

@@ -34,8 +34,9 @@ class SpecTopo(Topo):
         seg_switch = {seg.name: switch(seg.name) for seg in spec.segments}
 
         for cs in spec.cs:
-            host(cs.name, "cs", ip=f"{cs.mgmt_ipaddr}/{mgmt_len}", role="cs")
-            self.addLink(cs.name, mgmt)
+            # Several links: each address rides on its own link, never on "the default interface".
+            host(cs.name, "cs", ip=None, role="cs")
+            self.addLink(cs.name, mgmt, params1={"ip": f"{cs.mgmt_ipaddr}/{mgmt_len}"})
             for seg, ip in cs.data:
                 self.addLink(cs.name, seg_switch[seg], params1={"ip": f"{ip}/{spec.segment(seg).subnet.prefixlen}"})
 
@@ -47,14 +48,7 @@ class SpecTopo(Topo):
                 self.addLink(sw, seg_switch[p.segment], port1=p.port)
 
         for router in spec.routers:
-            first_seg, first_ip = router.addresses[0]
-            host(
-                router.name,
-                "router",
-                ip=f"{first_ip}/{spec.segment(first_seg).subnet.prefixlen}",
-                role="router",
-                router=router,
-            )
+            host(router.name, "router", ip=None, role="router", router=router)
             for i, (seg, ip) in enumerate(router.addresses):
                 params = {"ip": f"{ip}/{spec.segment(seg).subnet.prefixlen}"}
                 self.addLink(router.name, seg_switch[seg], params1=params, intfName1=f"{router.name}-eth{i}")
@@ -63,5 +57,13 @@ class SpecTopo(Topo):
             for h in members:
                 prefix = spec.segment(h.segment).subnet.prefixlen
                 route = f"via {h.gateway}" if h.gateway else None
-                host(h.name, kind, ip=f"{h.ipaddr}/{prefix}", defaultRoute=route, role=kind, port=h.port)
+                host(
+                    h.name,
+                    kind,
+                    ip=f"{h.ipaddr}/{prefix}",
+                    defaultRoute=route,
+                    role=kind,
+                    port=h.port,
+                    return_gateways=h.return_gateways,
+                )
                 self.addLink(h.name, seg_switch[h.segment])

@@ -87,6 +87,9 @@ class EndHost:
     ipaddr: str
     gateway: str | None
     port: int = 0
+    # (mac, ipaddr) of every DFS on this host's segment when there are several: replies then
+    # go back through the DFS that delivered the connection (see nodes.types.return_routing).
+    return_gateways: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -280,6 +283,7 @@ def parse_spec(doc: dict[str, Any], source: str = "<testbed>") -> Spec:
         raise r.fail("cs", "at most two CS nodes (an active/standby pair)")
 
     gateways: dict[str, str] = {}
+    dfs_on_segment: dict[str, list[tuple[str, str]]] = {}
     dfs_nodes: list[DfsNode] = []
     for i, raw in enumerate(r.tables(doc, "dfs", required=True)):
         path = f"dfs[{i}]"
@@ -297,7 +301,9 @@ def parse_spec(doc: dict[str, Any], source: str = "<testbed>") -> Spec:
                 raise r.fail(ipath, f"{name} already has an interface on segment {seg!r}")
             claim(ip, ipath)
             gateways.setdefault(seg, ip)
-            ports.append(DfsPort(j + 1, seg, ip, f"02:5e:00:{i + 1:02x}:00:{j + 1:02x}"))
+            mac = f"02:5e:00:{i + 1:02x}:00:{j + 1:02x}"
+            dfs_on_segment.setdefault(seg, []).append((mac, ip))
+            ports.append(DfsPort(j + 1, seg, ip, mac))
         routes = []
         for j, rt in enumerate(r.tables(raw, "routes")):
             rpath = f"{path}.routes[{j}]"
@@ -355,7 +361,8 @@ def parse_spec(doc: dict[str, Any], source: str = "<testbed>") -> Spec:
             gw = raw.get("gateway")
             gateway = r.ipv4(gw, f"{path}.gateway") if gw is not None else gateways.get(seg)
             port = r.int(raw.get("port", default_port), f"{path}.port", 1, 65535) if default_port else 0
-            out.append(EndHost(name, seg, ip, gateway, port))
+            several = dfs_on_segment.get(seg, [])
+            out.append(EndHost(name, seg, ip, gateway, port, tuple(several) if len(several) > 1 else ()))
         return out
 
     backends = end_hosts("backend", 80)

@@ -183,21 +183,14 @@ def csmb_messages() -> dict[str, bytes]:
 # Reading tshark's JSON: one dict per message, nested subtrees flattened.
 
 
-def _flatten(node: Any, out: dict[str, list[str]]) -> None:
-    if isinstance(node, list):
-        for item in node:
-            _flatten(item, out)
-        return
-    if not isinstance(node, dict):
-        return
+def _flatten(node: dict[str, Any], out: dict[str, list[str]]) -> None:
+    """Collect every field of a message, subtrees included, keeping repeats in order."""
     for key, value in node.items():
-        if isinstance(value, (dict, list)) and (key.endswith("_tree") or isinstance(value, list)):
-            if isinstance(value, list) and all(isinstance(v, str) for v in value):
-                out.setdefault(key, []).extend(value)
-            else:
-                _flatten(value, out)
-        elif isinstance(value, str):
-            out.setdefault(key, []).append(value)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict):
+                _flatten(item, out)
+            elif isinstance(item, str):
+                out.setdefault(key, []).append(item)
 
 
 def decoded_messages(tshark: str, pcap: Path, extra: list[str]) -> list[tuple[int, str, dict[str, list[str]]]]:
@@ -401,6 +394,18 @@ class LiveCapture:
         if self.proc.poll() is not None:
             raise AssertionError(f"tshark exited early: {self.stderr()}")
 
+    def wait_until_seeing(self, probe_port: int) -> None:
+        """Send probes to ``probe_port`` until one shows up: "Capturing on" precedes the filter's start."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            pattern = rf"\b{probe.getsockname()[1]}\b\s+\S+\s+{probe_port}\b"
+            deadline = time.monotonic() + DEADLINE_S
+            while not self.seen(pattern):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"tshark captured none of the probes: {self.stderr()}")
+                probe.sendto(b"probe", ("127.0.0.1", probe_port))
+                time.sleep(0.05)
+
     def stderr(self) -> str:
         """What tshark wrote to stderr so far."""
         return self.stderr_path.read_text(errors="replace")
@@ -486,8 +491,11 @@ def test_live_capture_decodes_every_message(tshark: str, tmp_path: Path, live_po
         _unavailable("capturing on lo needs root")
     udp_port, tcp_port, decode_as = live_ports
     pcap = tmp_path / "live.pcapng"
-    capture = LiveCapture(tshark, pcap, f"udp port {udp_port} or tcp port {tcp_port}", tmp_path)
+    probe_port = _free_port(socket.SOCK_DGRAM)
+    capture_filter = f"udp port {udp_port} or tcp port {tcp_port} or udp dst port {probe_port}"
+    capture = LiveCapture(tshark, pcap, capture_filter, tmp_path)
     try:
+        capture.wait_until_seeing(probe_port)
         _send_traffic(udp_port, tcp_port, capture)
     finally:
         capture.stop()
