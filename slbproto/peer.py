@@ -211,7 +211,6 @@ class SsmbSender:
         self.batch_delay = batch_delay
         self.standby = standby
         self._batched = frozenset(int(t) for t, s in semantics.items() if s.batched)
-        self._urgent = frozenset(int(t) for t, s in semantics.items() if s.priority is Priority.HIGH)
         self._shared = frozenset(int(t) for t, s in semantics.items() if s.state_shared)
         self._serials: dict[Address, SerialCounter] = {}
         self._batches: dict[Address, _Batch] = {}
