@@ -13,7 +13,6 @@ HELLO after its serials are assigned.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import os
 from collections.abc import Callable, Sequence
@@ -21,10 +20,12 @@ from typing import Final
 
 from slbproto.auth import NONCE_LEN, sign_hello, verify_hello
 from slbproto.constants import PROTOCOL_VERSION, CsmbError, VsFlag
-from slbproto.csmb import Ack, CsmbMessage, Hello
+from slbproto.csmb import Ack, CsmbMessage, Hello, encode_message
 from slbproto.errors import AuthenticationFailed, ProtocolError, UnsupportedVersion, UsageError
 
 Version = tuple[int, int]
+
+_KNOWN_ERRORS: Final = frozenset(int(e) for e in CsmbError)
 
 
 class HelloState(enum.Enum):
@@ -86,8 +87,6 @@ class HelloNegotiator:
             0,
         )
         # Build once so a bad address or port fails here, not at send time.
-        from slbproto.csmb import encode_message
-
         encode_message(self._hello())
 
     def _move(self, event: HelloEvent) -> None:
@@ -146,7 +145,7 @@ class HelloNegotiator:
                 f"support no {direction} version (ours: {', '.join(map(_fmt, self.versions))})"
             )
         else:
-            name = CsmbError(ack.error).name if ack.error in CsmbError else str(ack.error)
+            name = CsmbError(ack.error).name if ack.error in _KNOWN_ERRORS else str(ack.error)
             self.failure_reason = f"peer refused our HELLO: {name}"
         self._move(HelloEvent.REFUSED)
         return []
@@ -164,10 +163,10 @@ class HelloNegotiator:
             if self.versions[0] < version < self.versions[-1]:
                 # Inside our range but not a version we speak: ask for the next lower one.
                 error = CsmbError.VERS_NEW
-            exc = UnsupportedVersion(
+            refusal = UnsupportedVersion(
                 f"peer offered {_fmt(version)}, we support {', '.join(map(_fmt, self.versions))}"
             )
-            return self._reject(exc, "unsupported_version", error)
+            return self._reject(refusal, "unsupported_version", error)
         self.peer_hello = hello
         self.counters["peer_hello_accepted"] += 1
         return [Ack()]
@@ -229,4 +228,4 @@ def _fmt(version: Version) -> str:
     return f"{version[0]}.{version[1]}"
 
 
-__all__ = ["TRANSITIONS", "HelloEvent", "HelloNegotiator", "HelloState", "Version", "dataclasses"]
+__all__ = ["TRANSITIONS", "HelloEvent", "HelloNegotiator", "HelloState", "Version"]

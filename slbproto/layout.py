@@ -275,7 +275,7 @@ class Layout:
         return self.struct.pack(*args)
 
     def decode(self, buf: bytes | bytearray | memoryview, offset: int = 0) -> dict[str, Any]:
-        """Unpack the fixed part at offset into a dict; BadFieldValue for an out-of-range value.
+        """Unpack the fixed part at offset into a dict; BadFieldValue for an out-of-range VALUE.
 
         The caller has checked that ``self.size`` octets are available.
         """
@@ -285,7 +285,8 @@ class Layout:
             if f.ipv4:
                 out[f.name] = socket.inet_ntoa(value)
             else:
-                if not f.permits(value):
+                # LENGTH/COUNT/CONST fields are checked by the framing, with specific errors.
+                if f.role is Role.VALUE and not f.permits(value):
                     raise BadFieldValue(f.name, value, f.allowed_text(), offset=offset + self.offsets[f.name])
                 out[f.name] = value
         return out

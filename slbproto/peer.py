@@ -34,7 +34,6 @@ from slbproto.constants import (
     MAX_SSMB_COUNT,
     SERIAL_MODULUS,
     SSMB_SEMANTICS,
-    Priority,
     SsmbSemantics,
     SsmbType,
 )
@@ -46,7 +45,6 @@ from slbproto.ssmb import (
     SsmbMessage,
     decode_datagram,
     encode_with_serials,
-    message_size,
 )
 
 Address = tuple[str, int]
@@ -75,6 +73,10 @@ class SerialCounter:
         t = self._by_type.get(msg_type, self._start)
         self._by_type[msg_type] = (t + 1) & _SERIAL_MASK
         return g, t
+
+    def peek(self, msg_type: int) -> tuple[int, int]:
+        """The serials next(msg_type) would return, without consuming them."""
+        return self._global, self._by_type.get(msg_type, self._start)
 
     def stamp(self, msg: M) -> M:
         """A copy of msg carrying the next serials."""
@@ -180,7 +182,7 @@ class SsmbReceiver:
 @dataclasses.dataclass(slots=True)
 class _Batch:
     deadline: float
-    items: list[tuple[SsmbMessage, int, int]]
+    items: list[bytes]  # each encoded with count 1; the count octet is set on emit
     size: int = 0
 
 
@@ -237,27 +239,27 @@ class SsmbSender:
 
     def _send_one(self, msg: SsmbMessage, dest: Address, now: float, out: list[Datagram]) -> None:
         msg_type = int(msg.MSG_TYPE)
-        sg, sb = self.serials(dest).next(msg_type)
+        counter = self.serials(dest)
+        sg, sb = counter.peek(msg_type)
+        # Encoding first validates: a bad message fails its own send() and consumes no serial.
+        single = encode_with_serials(msg, 1, sg, sb)
+        counter.next(msg_type)
         self.counters["messages"] += 1
         if msg_type not in self._batched:
             if dest in self._batches:
                 # Emit the waiting batch first so the receiver sees serials in order.
                 out.append(self._emit(dest))
-            out.append((encode_with_serials(msg, 1, sg, sb), dest))
+            out.append((single, dest))
             self.counters["datagrams"] += 1
             return
-        size = message_size(msg)
+        size = len(single)
         batch = self._batches.get(dest)
-        if batch is not None and (
-            batch.size + size > self.mtu_payload or len(batch.items) >= MAX_SSMB_COUNT
-        ):
+        if batch is not None and (batch.size + size > self.mtu_payload or len(batch.items) >= MAX_SSMB_COUNT):
             out.append(self._emit(dest))
             batch = None
         if batch is None:
             batch = self._batches[dest] = _Batch(now + self.batch_delay, [])
-        # Validate now, not when the batch leaves: a bad message must fail its own send().
-        encode_with_serials(msg, 1, sg, sb)
-        batch.items.append((msg, sg, sb))
+        batch.items.append(single)
         batch.size += size
         self.counters["batched"] += 1
         if (
@@ -270,7 +272,9 @@ class SsmbSender:
     def _emit(self, dest: Address) -> Datagram:
         batch = self._batches.pop(dest)
         count = len(batch.items)
-        data = b"".join(encode_with_serials(m, count, sg, sb) for m, sg, sb in batch.items)
+        count_octet = bytes((count,))
+        # Every message carries the datagram's count (octet 5 of each header).
+        data = b"".join([m[:5] + count_octet + m[6:] for m in batch.items])
         self.counters["datagrams"] += 1
         return data, dest
 
@@ -328,7 +332,7 @@ class QueryRetransmitter:
         self.tries = tries
         self.interval = interval
         self.max_pending = max_pending
-        self._restamp = restamp
+        self.restamp = restamp
         self._pending: dict[int, _Pending] = {}
         self._heap: list[tuple[float, int, int]] = []
         self._generation = 0
@@ -372,8 +376,8 @@ class QueryRetransmitter:
                 given_up.append(flow_id)
                 self.counters["given_up"] += 1
                 continue
-            if self._restamp is not None:
-                entry.datagram = self._restamp(entry.datagram, entry.dest)
+            if self.restamp is not None:
+                entry.datagram = self.restamp(entry.datagram, entry.dest)
             entry.sent += 1
             self._generation += 1
             entry.generation = self._generation

@@ -252,6 +252,7 @@ class ControlSegment:
         self.vs: dict[str, VsRuntime] = {}
         self._by_key: dict[VsKey, VsRuntime] = {}
         self._dfs: dict[Endpoint, float] = {}  # announced SSMB endpoint -> registration time
+        self._dfs_sessions: Counter[Endpoint] = Counter()
         self._known_dfs: set[Endpoint] = set()  # every DFS ever registered with this process
         self._buckets: OrderedDict[Endpoint, TokenBucket] = OrderedDict()
         self._refusals: OrderedDict[FlowKey, _Refusal] = OrderedDict()
@@ -353,6 +354,7 @@ class ControlSegment:
         state and survive a takeover).
         """
         self._dfs[endpoint] = now
+        self._dfs_sessions[endpoint] += 1
         first = endpoint not in self._known_dfs
         self._known_dfs.add(endpoint)
         if first and self.settings.standby is None and not self.flows.keys_for_dfs(endpoint):
@@ -362,7 +364,11 @@ class ControlSegment:
 
     def unregister_dfs(self, endpoint: Endpoint) -> None:
         """The DFS's CSMB session ended; its flows stay until reaped (it may reconnect)."""
-        self._dfs.pop(endpoint, None)
+        self._dfs_sessions[endpoint] -= 1
+        if self._dfs_sessions[endpoint] <= 0:
+            # A reconnect may have registered the same endpoint before the old session closed.
+            del self._dfs_sessions[endpoint]
+            self._dfs.pop(endpoint, None)
 
     @property
     def dfs_endpoints(self) -> list[Endpoint]:

@@ -92,6 +92,7 @@ class DfsConfig:
     cs_csmb_port: int = 7701
     cs_ssmb_port: int = 7700
     openflow_port: int = 6653
+    unix_socket: str = ""
     status_port: int = 0
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
@@ -209,7 +210,10 @@ def parse_config(data: dict[str, Any]) -> DfsConfig:
     cs = _table(data, "cs")
     _check_keys(cs, {"ipaddr", "csmb_port", "ssmb_port"}, "[cs]")
     of = _table(data, "openflow")
-    _check_keys(of, {"listen_port"}, "[openflow]")
+    _check_keys(of, {"listen_port", "unix_socket"}, "[openflow]")
+    unix_socket = of.get("unix_socket", "")
+    if not isinstance(unix_socket, str):
+        raise ConfigError("openflow.unix_socket: expected a path")
     st = _table(data, "status")
     _check_keys(st, {"port"}, "[status]")
     for key in ("name", "switch"):
@@ -260,7 +264,8 @@ def parse_config(data: dict[str, Any]) -> DfsConfig:
         cs_ipaddr=_ipv4(cs.get("ipaddr", "127.0.0.1"), "cs.ipaddr"),
         cs_csmb_port=_int(cs.get("csmb_port", 7701), "cs.csmb_port", 1, 65535),
         cs_ssmb_port=_int(cs.get("ssmb_port", 7700), "cs.ssmb_port", 1, 65535),
-        openflow_port=_int(of.get("listen_port", 6653), "openflow.listen_port", 0, 65535),
+        openflow_port=_int(of.get("listen_port", 6653), "openflow.listen_port", 1, 65535),
+        unix_socket=unix_socket,
         status_port=_int(st.get("port", 0), "status.port", 0, 65535),
         timeouts=timeouts,
         limits=limits,

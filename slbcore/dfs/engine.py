@@ -407,7 +407,9 @@ class DfsEngine:
         return Output(ssmb=self._ssmb(q))
 
     def _late_packet(self, f: Flow, in_port: int, frame: Frame, data: bytes) -> Output:
-        # A packet that overtook its flow's entries (or arrived as they were being written).
+        # A packet that overtook its flow's entries: OVS's datapath cache still held the old
+        # "to controller" megaflow. Its revalidator later credits that megaflow's packets to the
+        # new forward entry, so unlike held packets these are not added to the flow's counts.
         # Sending it with explicit actions, not through the table, means a missing entry can
         # never loop a packet back to us.
         f.late_packet_ins += 1
@@ -415,8 +417,6 @@ class DfsEngine:
         if f.fwd_rewrite is None:
             self._error("late_packet_unroutable")
             return Output()
-        f.extra_in_pkts += 1
-        f.extra_in_bytes += len(data)
         return Output(openflow=[self._release(in_port, data, f.ft.proto, f.fwd_rewrite)])
 
     def _release(self, in_port: int, data: bytes, proto: int, rw: Rewrite) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +30,15 @@ from scapy.utils import wrpcap
 
 from slbtools.scapy_layers import (
     CSMB,
+    DEFAULT_CSMB_PORT,
+    DEFAULT_SSMB_PORT,
+    SSMB,
     CSMBHello,
     CSMBHelloAuth,
     CSMBPoolEntry,
     CSMBStatus,
     CSMBVsDef,
     CSMBVsList,
-    SSMB,
     SSMBAppQuery,
     SSMBEndflow,
     SSMBFlow,
@@ -97,7 +101,10 @@ APP = {k: v for k, v in FLOW.items() if not k.endswith("_offset")}
 def ssmb_datagrams() -> list[tuple[str, bytes]]:
     """(label, datagram) for every SSMB type, a batched datagram, and the closing RESET."""
     return [
-        ("QUERY", bytes(SSMB(serial_global=1, serial_bytype=1, msg_type="QUERY") / SSMBFlow(flow_id=0x11, **FLOW))),
+        (
+            "QUERY",
+            bytes(SSMB(serial_global=1, serial_bytype=1, msg_type="QUERY") / SSMBFlow(flow_id=0x11, **FLOW)),
+        ),
         (
             "APP_QUERY",
             bytes(
@@ -107,19 +114,34 @@ def ssmb_datagrams() -> list[tuple[str, bytes]]:
         ),
         (
             "REPLY",
-            bytes(SSMB(serial_global=3, serial_bytype=1, msg_type="REPLY", error=3) / SSMBFlow(flow_id=0x11, **FLOW)),
+            bytes(
+                SSMB(serial_global=3, serial_bytype=1, msg_type="REPLY", error=3)
+                / SSMBFlow(flow_id=0x11, **FLOW)
+            ),
         ),
-        ("DELETE", bytes(SSMB(serial_global=4, serial_bytype=1, msg_type="DELETE") / SSMBEndflow(flow_id=0x11, **ENDFLOW))),
+        (
+            "DELETE",
+            bytes(
+                SSMB(serial_global=4, serial_bytype=1, msg_type="DELETE")
+                / SSMBEndflow(flow_id=0x11, **ENDFLOW)
+            ),
+        ),
         (
             "NEWFLOW",
-            bytes(SSMB(serial_global=5, serial_bytype=1, msg_type="NEWFLOW") / SSMBFlow(flow_id=0x80000001, **FLOW)),
+            bytes(
+                SSMB(serial_global=5, serial_bytype=1, msg_type="NEWFLOW")
+                / SSMBFlow(flow_id=0x80000001, **FLOW)
+            ),
         ),
         (
             "batch",
             bytes(
-                SSMB(serial_global=6, serial_bytype=1, msg_type="REAP") / SSMBFlow(flow_id=0x21, **FLOW)
-                / SSMB(serial_global=7, serial_bytype=2, msg_type="REAP") / SSMBFlow(flow_id=0x22, **FLOW)
-                / SSMB(serial_global=8, serial_bytype=1, msg_type="STATS", error=4) / SSMBEndflow(flow_id=0x21, **ENDFLOW)
+                SSMB(serial_global=6, serial_bytype=1, msg_type="REAP")
+                / SSMBFlow(flow_id=0x21, **FLOW)
+                / SSMB(serial_global=7, serial_bytype=2, msg_type="REAP")
+                / SSMBFlow(flow_id=0x22, **FLOW)
+                / SSMB(serial_global=8, serial_bytype=1, msg_type="STATS", error=4)
+                / SSMBEndflow(flow_id=0x21, **ENDFLOW)
             ),
         ),
         ("RESET", bytes(SSMB(serial_global=9, serial_bytype=1, msg_type="RESET"))),
@@ -165,7 +187,9 @@ def csmb_messages() -> dict[str, bytes]:
         ),
         "RESET": bytes(CSMB(serial_global=4, serial_bytype=1, msg_type="RESET")),
         "ADD_VS": bytes(CSMB(serial_global=5, serial_bytype=1, msg_type="ADD_VS") / CSMBVsDef(**VS_COOKIE)),
-        "ADD_VS_POOL": bytes(CSMB(serial_global=6, serial_bytype=2, msg_type="ADD_VS") / CSMBVsDef(**VS_POOL)),
+        "ADD_VS_POOL": bytes(
+            CSMB(serial_global=6, serial_bytype=2, msg_type="ADD_VS") / CSMBVsDef(**VS_POOL)
+        ),
         "DELETE_VS": bytes(
             CSMB(serial_global=7, serial_bytype=1, msg_type="DELETE_VS")
             / CSMBVsDef(virt_ipaddr="192.0.2.10", virt_port=80, proto=6)
@@ -175,7 +199,9 @@ def csmb_messages() -> dict[str, bytes]:
             CSMB(serial_global=9, serial_bytype=1, msg_type="VS_LIST")
             / CSMBVsList(servers=[CSMBVsDef(**VS_COOKIE), CSMBVsDef(**VS_POOL)])
         ),
-        "STATUS": bytes(CSMB(serial_global=10, serial_bytype=1, msg_type="STATUS") / CSMBStatus(status=0xC0FFEE)),
+        "STATUS": bytes(
+            CSMB(serial_global=10, serial_bytype=1, msg_type="STATUS") / CSMBStatus(status=0xC0FFEE)
+        ),
     }
 
 
@@ -193,10 +219,26 @@ def _flatten(node: dict[str, Any], out: dict[str, list[str]]) -> None:
                 out.setdefault(key, []).append(item)
 
 
-def decoded_messages(tshark: str, pcap: Path, extra: list[str]) -> list[tuple[int, str, dict[str, list[str]]]]:
+def decoded_messages(
+    tshark: str, pcap: Path, extra: list[str]
+) -> list[tuple[int, str, dict[str, list[str]]]]:
     """(frame number, "ssmb"/"csmb", fields) for every message the dissector found, in order."""
-    cmd = [tshark, "-n", "-X", f"lua_script:{LUA}", *extra, "-r", str(pcap), "-T", "json", "--no-duplicate-keys",
-           "-J", "frame ssmb csmb", "-Y", "ssmb || csmb"]
+    cmd = [
+        tshark,
+        "-n",
+        "-X",
+        f"lua_script:{LUA}",
+        *extra,
+        "-r",
+        str(pcap),
+        "-T",
+        "json",
+        "--no-duplicate-keys",
+        "-J",
+        "frame ssmb csmb",
+        "-Y",
+        "ssmb || csmb",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "Lua" not in done.stderr, done.stderr
@@ -215,8 +257,20 @@ def decoded_messages(tshark: str, pcap: Path, extra: list[str]) -> list[tuple[in
 
 def verbose_text(tshark: str, pcap: Path, extra: list[str]) -> str:
     """The -V detail of every SSMB/CSMB frame."""
-    cmd = [tshark, "-n", "-X", f"lua_script:{LUA}", *extra, "-r", str(pcap), "-V", "-O", "ssmb,csmb",
-           "-Y", "ssmb || csmb"]
+    cmd = [
+        tshark,
+        "-n",
+        "-X",
+        f"lua_script:{LUA}",
+        *extra,
+        "-r",
+        str(pcap),
+        "-V",
+        "-O",
+        "ssmb,csmb",
+        "-Y",
+        "ssmb || csmb",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout
@@ -277,7 +331,9 @@ def check_all_ssmb(messages: list[tuple[int, str, dict[str, list[str]]]]) -> Non
     assert one(by_serial["9"], "ssmb.msg_type") == "8"
 
 
-def check_all_csmb(messages: list[tuple[int, str, dict[str, list[str]]]], split_frames: set[int] | None) -> None:
+def check_all_csmb(
+    messages: list[tuple[int, str, dict[str, list[str]]]], split_frames: set[int] | None
+) -> None:
     """Every CSMB type decoded with the values sent."""
     csmb = [(frame, f) for frame, bus, f in messages if bus == "csmb"]
     order = [one(f, "csmb.serial_global") for _, f in csmb]
@@ -333,23 +389,19 @@ def check_names_in_detail(text: str) -> None:
         assert re.search(rf"Message type: {name} \(\d\)", text), name
     for name in ("HELLO", "ACK", "RESET", "ADD_VS", "DELETE_VS", "QUERY_VS", "VS_LIST", "STATUS"):
         assert re.search(rf"Message type: {name} \(\d\)", text), name
-    for text_part in ("Error: CONNLIMIT (3)", "Error: CONNALIVE (4)", "Error: VERS_NEW (1)",
-                      "Virtual server class: DFS_ASSIST (2)", "COOKIE_PROXY: True"):
+    for text_part in (
+        "Error: CONNLIMIT (3)",
+        "Error: CONNALIVE (4)",
+        "Error: VERS_NEW (1)",
+        "Virtual server class: DFS_ASSIST (2)",
+        "COOKIE_PROXY: True",
+    ):
         assert text_part in text, text_part
     assert "Lua Error" not in text
 
 
 # ---------------------------------------------------------------------------------------------
 # Live capture on loopback.
-
-
-def _free(kind: int, port: int) -> bool:
-    with socket.socket(socket.AF_INET, kind) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _free_port(kind: int) -> int:
@@ -427,87 +479,136 @@ class LiveCapture:
         self._err.close()
 
 
+@dataclass
+class Endpoints:
+    """The sockets of the live test, bound before the capture starts so its filter can name them."""
+
+    cs_tcp: socket.socket
+    dfs_tcp: socket.socket
+    cs_udp: socket.socket
+    dfs_udp: socket.socket
+    decode_as: list[str]
+
+    def port(self, sock: socket.socket) -> int:
+        """Local port of one of the sockets."""
+        return int(sock.getsockname()[1])
+
+    def capture_filter(self, probe_port: int) -> str:
+        """Only this test's own traffic, even if other tests use the buses' ports meanwhile."""
+        udp = f"udp port {self.port(self.cs_udp)} and udp port {self.port(self.dfs_udp)}"
+        tcp = f"tcp port {self.port(self.cs_tcp)} and tcp port {self.port(self.dfs_tcp)}"
+        return f"({udp}) or ({tcp}) or udp dst port {probe_port}"
+
+
+def _bind_pair(kind: int, preferred: int) -> tuple[socket.socket, socket.socket, bool]:
+    """(CS socket on the preferred port or an ephemeral one, DFS socket, whether preferred was free)."""
+    cs = socket.socket(socket.AF_INET, kind)
+    if kind == socket.SOCK_STREAM:
+        cs.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        cs.bind(("127.0.0.1", preferred))
+        got_preferred = True
+    except OSError:
+        cs.bind(("127.0.0.1", 0))
+        got_preferred = False
+    dfs = socket.socket(socket.AF_INET, kind)
+    dfs.bind(("127.0.0.1", 0))
+    return cs, dfs, got_preferred
+
+
 @pytest.fixture
-def live_ports() -> Iterator[tuple[int, int, list[str]]]:
-    """SSMB/CSMB ports for the live test and the tshark options that decode them."""
-    if _free(socket.SOCK_DGRAM, 7700) and _free(socket.SOCK_STREAM, 7701):
-        yield 7700, 7701, []
-    else:
-        udp, tcp = _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_STREAM)
-        yield udp, tcp, ["-d", f"udp.port=={udp},ssmb", "-d", f"tcp.port=={tcp},csmb"]
+def endpoints() -> Iterator[Endpoints]:
+    """Default ports 7700/7701 when free, else ephemeral ones decoded with decode-as."""
+    cs_tcp, dfs_tcp, tcp_default = _bind_pair(socket.SOCK_STREAM, DEFAULT_CSMB_PORT)
+    cs_udp, dfs_udp, udp_default = _bind_pair(socket.SOCK_DGRAM, DEFAULT_SSMB_PORT)
+    decode_as = []
+    if not udp_default:
+        decode_as += ["-d", f"udp.port=={cs_udp.getsockname()[1]},ssmb"]
+    if not tcp_default:
+        decode_as += ["-d", f"tcp.port=={cs_tcp.getsockname()[1]},csmb"]
+    try:
+        yield Endpoints(cs_tcp, dfs_tcp, cs_udp, dfs_udp, decode_as)
+    finally:
+        for sock in (cs_tcp, dfs_tcp, cs_udp, dfs_udp):
+            sock.close()
 
 
-def _send_traffic(udp_port: int, tcp_port: int, capture: LiveCapture) -> None:
+def _send_traffic(ends: Endpoints, capture: LiveCapture) -> None:
     """All CSMB messages over one TCP connection, then all SSMB datagrams; RESET last."""
     msgs = csmb_messages()
-    with (
-        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener,
-        socket.socket(socket.AF_INET, socket.SOCK_STREAM) as dfs,
-    ):
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", tcp_port))
-        listener.listen(1)
-        dfs.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        dfs.connect(("127.0.0.1", tcp_port))
-        cs, _ = listener.accept()
-        with cs:
-            cs.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    ends.cs_tcp.listen(1)
+    ends.dfs_tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    ends.dfs_tcp.settimeout(DEADLINE_S)
+    ends.dfs_tcp.connect(("127.0.0.1", ends.port(ends.cs_tcp)))
+    ends.cs_tcp.settimeout(DEADLINE_S)
+    cs, _ = ends.cs_tcp.accept()
+    with cs:
+        cs.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        dfs = ends.dfs_tcp
 
-            def send(sender: socket.socket, receiver: socket.socket, data: bytes) -> None:
-                # Waiting for the peer to read each write keeps every write in its own segment.
-                sender.sendall(data)
-                assert _recv_exactly(receiver, len(data)) == data
+        def send(sender: socket.socket, receiver: socket.socket, data: bytes) -> None:
+            # Waiting for the peer to read each write keeps every write in its own segment.
+            sender.sendall(data)
+            assert _recv_exactly(receiver, len(data)) == data
 
-            send(dfs, cs, msgs["HELLO"])
-            send(cs, dfs, msgs["ACK"])
-            send(cs, dfs, msgs["HELLO_AUTH"])
-            send(cs, dfs, msgs["RESET"] + msgs["ADD_VS"])
-            send(cs, dfs, msgs["ADD_VS_POOL"])
-            send(cs, dfs, msgs["DELETE_VS"])
-            send(dfs, cs, msgs["QUERY_VS"])
-            vs_list = msgs["VS_LIST"]
-            send(cs, dfs, vs_list[:20])
-            send(cs, dfs, vs_list[20:])
-            send(dfs, cs, msgs["STATUS"])
+        send(dfs, cs, msgs["HELLO"])
+        send(cs, dfs, msgs["ACK"])
+        send(cs, dfs, msgs["HELLO_AUTH"])
+        send(cs, dfs, msgs["RESET"] + msgs["ADD_VS"])
+        send(cs, dfs, msgs["ADD_VS_POOL"])
+        send(cs, dfs, msgs["DELETE_VS"])
+        send(dfs, cs, msgs["QUERY_VS"])
+        vs_list = msgs["VS_LIST"]
+        send(cs, dfs, vs_list[:20])
+        send(cs, dfs, vs_list[20:])
+        send(dfs, cs, msgs["STATUS"])
 
-    with (
-        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as cs_udp,
-        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as dfs_udp,
-    ):
-        cs_udp.bind(("127.0.0.1", udp_port))
-        cs_udp.settimeout(DEADLINE_S)
-        dfs_udp.bind(("127.0.0.1", 0))
-        for _, datagram in ssmb_datagrams():
-            dfs_udp.sendto(datagram, ("127.0.0.1", udp_port))
-            assert cs_udp.recv(65535) == datagram
-        sender_port = dfs_udp.getsockname()[1]
-    last = rf"\b{sender_port}\b\s+\S+\s+{udp_port}\b.*Len=8\b"
+    ends.cs_udp.settimeout(DEADLINE_S)
+    udp_port = ends.port(ends.cs_udp)
+    for _, datagram in ssmb_datagrams():
+        ends.dfs_udp.sendto(datagram, ("127.0.0.1", udp_port))
+        assert ends.cs_udp.recv(65535) == datagram
+    last = rf"\b{ends.port(ends.dfs_udp)}\b\s+\S+\s+{udp_port}\b.*Len=8\b"
     _wait_for(lambda: capture.seen(last), "the last datagram to be captured")
 
 
-def test_live_capture_decodes_every_message(tshark: str, tmp_path: Path, live_ports: tuple[int, int, list[str]]) -> None:
+def test_live_capture_decodes_every_message(tshark: str, tmp_path: Path, endpoints: Endpoints) -> None:
     """Real traffic on 127.0.0.1, captured by tshark, decoded by the dissector."""
     if os.geteuid() != 0:
         _unavailable("capturing on lo needs root")
-    udp_port, tcp_port, decode_as = live_ports
     pcap = tmp_path / "live.pcapng"
     probe_port = _free_port(socket.SOCK_DGRAM)
-    capture_filter = f"udp port {udp_port} or tcp port {tcp_port} or udp dst port {probe_port}"
-    capture = LiveCapture(tshark, pcap, capture_filter, tmp_path)
+    capture = LiveCapture(tshark, pcap, endpoints.capture_filter(probe_port), tmp_path)
     try:
         capture.wait_until_seeing(probe_port)
-        _send_traffic(udp_port, tcp_port, capture)
+        _send_traffic(endpoints, capture)
     finally:
         capture.stop()
+    decode_as = endpoints.decode_as
     messages = decoded_messages(tshark, pcap, decode_as)
     check_all_ssmb(messages)
     check_all_csmb(messages, split_frames=None)
     check_names_in_detail(verbose_text(tshark, pcap, decode_as))
     # The split VS_LIST: its first 20 octets are a segment of their own, marked as part of a PDU.
     split = subprocess.run(
-        [tshark, "-n", "-X", f"lua_script:{LUA}", *decode_as, "-r", str(pcap), "-Y",
-         "tcp.len == 20 && !csmb", "-T", "fields", "-e", "frame.number"],
-        capture_output=True, text=True, timeout=60,
+        [
+            tshark,
+            "-n",
+            "-X",
+            f"lua_script:{LUA}",
+            *decode_as,
+            "-r",
+            str(pcap),
+            "-Y",
+            "tcp.len == 20 && !csmb",
+            "-T",
+            "fields",
+            "-e",
+            "frame.number",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert split.returncode == 0 and split.stdout.split(), split.stderr
 
@@ -521,25 +622,34 @@ def _crafted_packets() -> tuple[list[Packet], set[int]]:
     packets: list[Packet] = []
 
     def udp(payload: bytes, sport: int = 40000) -> None:
-        packets.append(Ether() / IP(src="10.0.0.2", dst="10.0.0.1") / UDP(sport=sport, dport=7700) / Raw(payload))
+        packets.append(
+            Ether() / IP(src="10.0.0.2", dst="10.0.0.1") / UDP(sport=sport, dport=7700) / Raw(payload)
+        )
 
     seq = {"dfs": 1000, "cs": 5000}
 
     def tcp(side: str, payload: bytes, flags: str = "PA") -> int:
         src, dst, sport, dport, ack = (
-            ("10.0.0.2", "10.0.0.1", 50000, 7701, seq["cs"]) if side == "dfs"
+            ("10.0.0.2", "10.0.0.1", 50000, 7701, seq["cs"])
+            if side == "dfs"
             else ("10.0.0.1", "10.0.0.2", 7701, 50000, seq["dfs"])
         )
         packets.append(
-            Ether() / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, seq=seq[side], ack=ack, flags=flags)
+            Ether()
+            / IP(src=src, dst=dst)
+            / TCP(sport=sport, dport=dport, seq=seq[side], ack=ack, flags=flags)
             / Raw(payload)
         )
         seq[side] += len(payload)
         return len(packets)
 
-    packets.append(Ether() / IP(src="10.0.0.2", dst="10.0.0.1") / TCP(sport=50000, dport=7701, seq=999, flags="S"))
     packets.append(
-        Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=7701, dport=50000, seq=4999, ack=1000, flags="SA")
+        Ether() / IP(src="10.0.0.2", dst="10.0.0.1") / TCP(sport=50000, dport=7701, seq=999, flags="S")
+    )
+    packets.append(
+        Ether()
+        / IP(src="10.0.0.1", dst="10.0.0.2")
+        / TCP(sport=7701, dport=50000, seq=4999, ack=1000, flags="SA")
     )
     msgs = csmb_messages()
     tcp("dfs", msgs["HELLO"])
@@ -580,14 +690,30 @@ MALFORMED = [
     ("ssmb", bytes(SSMB() / SSMBFlow())[:40], "truncated: QUERY message needs 56 octets, got 40"),
     ("ssmb", bytes(SSMB())[:5], "truncated: header needs 8 octets, got 5"),
     ("ssmb", bytes(SSMB(count=3) / SSMBFlow()), "count says 3 message(s), datagram holds 1"),
-    ("ssmb", bytes(SSMB() / SSMBAppQuery(app_data_len=9000)), "truncated: APP_QUERY message needs 9044 octets, got 44"),
-    ("ssmb", bytes(SSMB() / SSMBAppQuery(app_data=b"x" * 8200)), "app_data_len 8200 exceeds the maximum 8192"),
+    (
+        "ssmb",
+        bytes(SSMB() / SSMBAppQuery(app_data_len=9000)),
+        "truncated: APP_QUERY message needs 9044 octets, got 44",
+    ),
+    (
+        "ssmb",
+        bytes(SSMB() / SSMBAppQuery(app_data=b"x" * 8200)),
+        "app_data_len 8200 exceeds the maximum 8192",
+    ),
     ("ssmb", bytes(SSMB(msg_type=99)) + b"junk", "Unknown SSMB message type"),
     ("csmb", bytes(CSMB(msg_type="ACK", msg_length=4)), "msg_length 4 outside 12..1048576"),
     ("csmb", bytes(CSMB(msg_type="STATUS")), "truncated: STATUS needs 16 octets, got 12"),
     ("csmb", bytes(CSMB(msg_type="HELLO") / Raw(b"\x00" * 8)), "truncated: HELLO needs 28 octets, got 20"),
-    ("csmb", bytes(CSMB(msg_type="ADD_VS") / CSMBVsDef(app_data_len=40)), "truncated: app_data_len 40 but only 0 octets left"),
-    ("csmb", bytes(CSMB(msg_type="ADD_VS") / Raw(b"\x00" * 6)), "truncated: virtual server definition needs 16 octets, got 6"),
+    (
+        "csmb",
+        bytes(CSMB(msg_type="ADD_VS") / CSMBVsDef(app_data_len=40)),
+        "truncated: app_data_len 40 but only 0 octets left",
+    ),
+    (
+        "csmb",
+        bytes(CSMB(msg_type="ADD_VS") / Raw(b"\x00" * 6)),
+        "truncated: virtual server definition needs 16 octets, got 6",
+    ),
     ("csmb", bytes(CSMB(msg_type="ACK") / Raw(b"zz")), "2 octet(s) after the message body"),
     ("csmb", bytes(CSMB(msg_type=42)), "Unknown CSMB message type"),
     ("csmb", bytes(CSMB(msg_type="ACK", msg_length=5_000_000)), "msg_length 5000000 outside 12..1048576"),
@@ -602,7 +728,9 @@ def test_malformed_messages_get_expert_info_not_lua_errors(tshark: str, tmp_path
             packets.append(Ether() / IP() / UDP(sport=40000, dport=7700) / Raw(payload))
         else:
             # A connection of its own per message, so one bad length cannot hide the next.
-            packets.append(Ether() / IP() / TCP(sport=51000 + index, dport=7701, seq=1, flags="PA") / Raw(payload))
+            packets.append(
+                Ether() / IP() / TCP(sport=51000 + index, dport=7701, seq=1, flags="PA") / Raw(payload)
+            )
     pcap = tmp_path / "malformed.pcap"
     wrpcap(str(pcap), packets)
     text = verbose_text(tshark, pcap, [])
@@ -610,9 +738,57 @@ def test_malformed_messages_get_expert_info_not_lua_errors(tshark: str, tmp_path
     for _, _, expected in MALFORMED:
         assert expected in text, expected
     done = subprocess.run(
-        [tshark, "-n", "-X", f"lua_script:{LUA}", "-r", str(pcap), "-Y", "_ws.expert", "-T", "fields",
-         "-e", "frame.number"],
-        capture_output=True, text=True, timeout=60,
+        [
+            tshark,
+            "-n",
+            "-X",
+            f"lua_script:{LUA}",
+            "-r",
+            str(pcap),
+            "-Y",
+            "_ws.expert",
+            "-T",
+            "fields",
+            "-e",
+            "frame.number",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.split()) == len(MALFORMED)
+
+
+def test_every_truncation_and_random_bytes_decode_without_lua_errors(tshark: str, tmp_path: Path) -> None:
+    """Cut every message at every length and add seeded random payloads: nothing may raise in Lua."""
+    rng = random.Random(7700)
+    payloads: list[tuple[str, bytes]] = []
+    for _, datagram in ssmb_datagrams():
+        payloads += [("ssmb", datagram[:cut]) for cut in range(1, len(datagram))]
+    for raw in csmb_messages().values():
+        payloads += [("csmb", raw[:cut] + bytes(CSMB(msg_type="ACK"))) for cut in range(1, len(raw))]
+    for _ in range(200):
+        size = rng.randrange(1, 120)
+        payloads.append((rng.choice(("ssmb", "csmb")), bytes(rng.randrange(256) for _ in range(size))))
+    packets: list[Packet] = []
+    for index, (bus, payload) in enumerate(payloads):
+        if bus == "ssmb":
+            packets.append(Ether() / IP() / UDP(sport=40000, dport=7700) / Raw(payload))
+        else:
+            sport = 20000 + index  # a connection per payload: one bad stream cannot mask another
+            packets.append(Ether() / IP() / TCP(sport=sport, dport=7701, seq=1, flags="PA") / Raw(payload))
+    pcap = tmp_path / "fuzz.pcap"
+    wrpcap(str(pcap), packets)
+    done = subprocess.run(
+        [tshark, "-n", "-X", f"lua_script:{LUA}", "-r", str(pcap), "-V", "-O", "ssmb,csmb"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Lua Error" not in done.stdout
+    assert "Malformed Packet" not in done.stdout
+    assert done.stdout.count("CS/DFS flow message bus (SSMB)") >= sum(
+        1 for bus, _ in payloads if bus == "ssmb"
+    )

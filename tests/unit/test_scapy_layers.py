@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.packet import Raw
 
+from slbproto import csmb, ssmb
 from slbtools.scapy_layers import (
     CSMB,
+    SSMB,
     CSMBHello,
     CSMBHelloAuth,
     CSMBPoolEntry,
     CSMBStatus,
     CSMBVsDef,
     CSMBVsList,
-    SSMB,
     SSMBAppQuery,
     SSMBEndflow,
     SSMBFlow,
@@ -79,9 +82,7 @@ ffffffffffffffff                         # 48 outbound_pkts
 """
 
 
-@pytest.mark.parametrize(
-    ("code", "name"), [(1, "QUERY"), (3, "REPLY"), (5, "REAP"), (7, "NEWFLOW")]
-)
+@pytest.mark.parametrize(("code", "name"), [(1, "QUERY"), (3, "REPLY"), (5, "REAP"), (7, "NEWFLOW")])
 def test_flow_message_matches_golden_bytes(code: int, name: str) -> None:
     pkt = SSMB(serial_global=0x0102, serial_bytype=0x0304, msg_type=name, error=0) / SSMBFlow(**FLOW_FIELDS)
     expected = golden(f"0102 0304 {code:02x} 01 0000" + FLOW_BODY_HEX)
@@ -110,14 +111,17 @@ def test_header_defaults_to_query_for_flow_body_and_delete_for_endflow() -> None
 def test_app_query_computes_app_data_len() -> None:
     fields = {k: v for k, v in FLOW_FIELDS.items() if not k.endswith("_offset")}
     pkt = SSMB(serial_global=5, serial_bytype=1) / SSMBAppQuery(app_data=b"JSESSIONID=abc", **fields)
-    expected = golden(
-        "0005 0001 02 01 0000"
-        + FLOW_BODY_HEX.split("11111111")[0]  # offsets 8..35 through next_hop_ipaddr
-        + """
+    expected = (
+        golden(
+            "0005 0001 02 01 0000"
+            + FLOW_BODY_HEX.split("11111111")[0]  # offsets 8..35 through next_hop_ipaddr
+            + """
         80000001        # 36 flow_id
         0000 000e       # 40 pad, 42 app_data_len 14
         """
-    ) + b"JSESSIONID=abc"
+        )
+        + b"JSESSIONID=abc"
+    )
     assert len(expected) == 44 + 14
     assert bytes(pkt) == expected
     back = SSMB(expected)[SSMBAppQuery]
@@ -146,10 +150,13 @@ def test_reset_is_header_alone() -> None:
 
 def test_batched_datagram_sets_count_in_every_header_and_dissects_each_message() -> None:
     pkt = (
-        SSMB(serial_global=1, msg_type="REAP") / SSMBFlow(flow_id=1)
-        / SSMB(serial_global=2, msg_type="STATS") / SSMBEndflow(flow_id=2)
+        SSMB(serial_global=1, msg_type="REAP")
+        / SSMBFlow(flow_id=1)
+        / SSMB(serial_global=2, msg_type="STATS")
+        / SSMBEndflow(flow_id=2)
         / SSMB(serial_global=3, msg_type="RESET")
-        / SSMB(serial_global=4, msg_type="REAP") / SSMBFlow(flow_id=4)
+        / SSMB(serial_global=4, msg_type="REAP")
+        / SSMBFlow(flow_id=4)
     )
     raw = bytes(pkt)
     assert len(raw) == 56 + 60 + 8 + 56
@@ -207,7 +214,12 @@ def test_vs_definition_messages_match_golden_bytes(code: int, name: str) -> None
     vs = back[CSMBVsDef]
     assert vs.sprintf("%flags%") == "TRANSLATE_ADDR+TRANSLATE_PORT+COOKIE_PROXY"
     assert vs.sprintf("%vs_class%") == "CS_ASSIST"
-    assert (vs.virt_ipaddr, vs.virt_port, vs.app_data_len, vs.app_data) == ("192.168.1.100", 80, 10, b"JSESSIONID")
+    assert (vs.virt_ipaddr, vs.virt_port, vs.app_data_len, vs.app_data) == (
+        "192.168.1.100",
+        80,
+        10,
+        b"JSESSIONID",
+    )
 
 
 def test_query_vs_without_filter_is_header_alone() -> None:
@@ -216,8 +228,13 @@ def test_query_vs_without_filter_is_header_alone() -> None:
 
 
 def test_dfs_assist_pool_in_app_data() -> None:
-    pool = b"".join(bytes(e) for e in (CSMBPoolEntry(ipaddr="10.1.0.1", port=80, weight=3),
-                                        CSMBPoolEntry(ipaddr="10.1.0.2", port=8080, weight=1)))
+    pool = b"".join(
+        bytes(e)
+        for e in (
+            CSMBPoolEntry(ipaddr="10.1.0.1", port=80, weight=3),
+            CSMBPoolEntry(ipaddr="10.1.0.2", port=8080, weight=1),
+        )
+    )
     pkt = CSMB() / CSMBVsDef(vs_class="DFS_ASSIST", virt_ipaddr="10.0.0.100", virt_port=80, app_data=pool)
     expected = golden(
         """
@@ -237,7 +254,13 @@ def test_vs_list_packs_definitions_to_msg_length() -> None:
     pkt = CSMB(msg_type="VS_LIST") / CSMBVsList(
         servers=[
             CSMBVsDef(**VSDEF_FIELDS),
-            CSMBVsDef(flags="WILDCARD_PORT", virt_ipaddr="10.0.0.1", vs_class="DFS_ASSIST", proto=17, app_data=b"abc"),
+            CSMBVsDef(
+                flags="WILDCARD_PORT",
+                virt_ipaddr="10.0.0.1",
+                vs_class="DFS_ASSIST",
+                proto=17,
+                app_data=b"abc",
+            ),
         ]
     )
     second = golden(
@@ -282,7 +305,11 @@ def test_hello_matches_golden_bytes() -> None:
     assert bytes(pkt) == expected
     hello = CSMB(expected)[CSMBHello]
     assert hello.sprintf("%flags%") == "REDUNDANT+APP_PROXY"
-    assert (hello.ssmb_active_ipaddr, hello.ssmb_standby_ipaddr, hello.ssmb_port) == ("10.0.0.254", "10.0.0.253", 7700)
+    assert (hello.ssmb_active_ipaddr, hello.ssmb_standby_ipaddr, hello.ssmb_port) == (
+        "10.0.0.254",
+        "10.0.0.253",
+        7700,
+    )
     assert CSMBHelloAuth not in CSMB(expected)
 
 
@@ -306,11 +333,7 @@ def test_status_reset_ack() -> None:
 
 
 def test_several_csmb_messages_in_one_payload_each_get_their_own_length() -> None:
-    stream = (
-        CSMB(msg_type="RESET")
-        / CSMB(serial_global=1) / CSMBVsDef(**VSDEF_FIELDS)
-        / CSMB(msg_type="ACK")
-    )
+    stream = CSMB(msg_type="RESET") / CSMB(serial_global=1) / CSMBVsDef(**VSDEF_FIELDS) / CSMB(msg_type="ACK")
     raw = bytes(stream)
     assert raw[4:8] == (12).to_bytes(4, "big")
     assert raw[12 + 4 : 12 + 8] == (0x28).to_bytes(4, "big")
@@ -346,27 +369,29 @@ def test_malformed_csmb_length_does_not_raise() -> None:
 # Cross-check with the project's own codec: same bytes for every message type.
 
 
-@pytest.fixture(scope="module")
-def proto():  # type: ignore[no-untyped-def]
-    ssmb = pytest.importorskip("slbproto.ssmb")
-    csmb = pytest.importorskip("slbproto.csmb")
-    return ssmb, csmb
-
-
-def test_scapy_matches_slbproto_for_every_ssmb_type(proto) -> None:  # type: ignore[no-untyped-def]
-    ssmb, _ = proto
+def test_scapy_matches_slbproto_for_every_ssmb_type() -> None:
     flow = {k: v for k, v in FLOW_FIELDS.items()}
     app = {k: v for k, v in FLOW_FIELDS.items() if not k.endswith("_offset")}
     cases = [
         (ssmb.Query(serial_global=1, serial_bytype=1, **flow), SSMB(msg_type="QUERY") / SSMBFlow(**flow)),
-        (ssmb.Reply(serial_global=2, serial_bytype=1, error=2, **flow), SSMB(msg_type="REPLY", error=2) / SSMBFlow(**flow)),
+        (
+            ssmb.Reply(serial_global=2, serial_bytype=1, error=2, **flow),
+            SSMB(msg_type="REPLY", error=2) / SSMBFlow(**flow),
+        ),
         (ssmb.Reap(serial_global=3, serial_bytype=1, **flow), SSMB(msg_type="REAP") / SSMBFlow(**flow)),
         (ssmb.NewFlow(serial_global=4, serial_bytype=1, **flow), SSMB(msg_type="NEWFLOW") / SSMBFlow(**flow)),
-        (ssmb.AppQuery(serial_global=5, serial_bytype=1, app_data=b"cookie", **app),
-         SSMB(msg_type="APP_QUERY") / SSMBAppQuery(app_data=b"cookie", **app)),
-        (ssmb.Delete(serial_global=6, serial_bytype=1, **ENDFLOW_FIELDS), SSMB(msg_type="DELETE") / SSMBEndflow(**ENDFLOW_FIELDS)),
-        (ssmb.Stats(serial_global=7, serial_bytype=1, error=4, **ENDFLOW_FIELDS),
-         SSMB(msg_type="STATS", error=4) / SSMBEndflow(**ENDFLOW_FIELDS)),
+        (
+            ssmb.AppQuery(serial_global=5, serial_bytype=1, app_data=b"cookie", **app),
+            SSMB(msg_type="APP_QUERY") / SSMBAppQuery(app_data=b"cookie", **app),
+        ),
+        (
+            ssmb.Delete(serial_global=6, serial_bytype=1, **ENDFLOW_FIELDS),
+            SSMB(msg_type="DELETE") / SSMBEndflow(**ENDFLOW_FIELDS),
+        ),
+        (
+            ssmb.Stats(serial_global=7, serial_bytype=1, error=4, **ENDFLOW_FIELDS),
+            SSMB(msg_type="STATS", error=4) / SSMBEndflow(**ENDFLOW_FIELDS),
+        ),
         (ssmb.Reset(serial_global=8, serial_bytype=1), SSMB(msg_type="RESET")),
     ]
     for message, pkt in cases:
@@ -375,17 +400,23 @@ def test_scapy_matches_slbproto_for_every_ssmb_type(proto) -> None:  # type: ign
         assert ssmb.encode_datagram([message]) == bytes(pkt), type(message).__name__
         assert ssmb.decode_datagram(bytes(pkt)) == [message]
     batch = [m for m, _ in cases if type(m).__name__ in ("Reap", "Stats", "Reset")]
-    scapy_batch = SSMB(msg_type="REAP", serial_global=3, serial_bytype=1) / SSMBFlow(**flow) / SSMB(
-        msg_type="STATS", serial_global=7, serial_bytype=1, error=4
-    ) / SSMBEndflow(**ENDFLOW_FIELDS) / SSMB(msg_type="RESET", serial_global=8, serial_bytype=1)
+    scapy_batch = (
+        SSMB(msg_type="REAP", serial_global=3, serial_bytype=1)
+        / SSMBFlow(**flow)
+        / SSMB(msg_type="STATS", serial_global=7, serial_bytype=1, error=4)
+        / SSMBEndflow(**ENDFLOW_FIELDS)
+        / SSMB(msg_type="RESET", serial_global=8, serial_bytype=1)
+    )
     assert ssmb.encode_datagram(batch) == bytes(scapy_batch)
 
 
-def test_scapy_matches_slbproto_for_every_csmb_type(proto) -> None:  # type: ignore[no-untyped-def]
-    _, csmb = proto
-    vs = csmb.VirtualServer(flags=0x203, virt_ipaddr="192.168.1.100", virt_port=80, vs_class=1, proto=6,
-                            app_data=b"JSESSIONID")
-    vs2 = csmb.VirtualServer(flags=0x20, virt_ipaddr="10.0.0.1", virt_port=0, vs_class=2, proto=17, app_data=b"abc")
+def test_scapy_matches_slbproto_for_every_csmb_type() -> None:
+    vs = csmb.VirtualServer(
+        flags=0x203, virt_ipaddr="192.168.1.100", virt_port=80, vs_class=1, proto=6, app_data=b"JSESSIONID"
+    )
+    vs2 = csmb.VirtualServer(
+        flags=0x20, virt_ipaddr="10.0.0.1", virt_port=0, vs_class=2, proto=17, app_data=b"abc"
+    )
     scapy_vs = CSMBVsDef(**VSDEF_FIELDS)
     scapy_vs2 = CSMBVsDef(flags=0x20, virt_ipaddr="10.0.0.1", vs_class=2, proto=17, app_data=b"abc")
     cases = [
@@ -397,14 +428,119 @@ def test_scapy_matches_slbproto_for_every_csmb_type(proto) -> None:  # type: ign
         (csmb.VsList(()), CSMB(msg_type="VS_LIST") / CSMBVsList()),
         (csmb.Reset(), CSMB(msg_type="RESET")),
         (csmb.Status(7), CSMB(msg_type="STATUS") / CSMBStatus(status=7)),
-        (csmb.Hello("10.0.0.254", "10.0.0.253", 0x88, 1, 0, 7700),
-         CSMB(msg_type="HELLO") / CSMBHello(ssmb_active_ipaddr="10.0.0.254", ssmb_standby_ipaddr="10.0.0.253",
-                                            flags=0x88, ssmb_port=7700)),
-        (csmb.Hello("10.0.0.1", "0.0.0.0", 0x80, 1, 0, 7700, auth_data=b"\x01" * 32),
-         CSMB(msg_type="HELLO") / CSMBHello(ssmb_active_ipaddr="10.0.0.1", flags=0x80)
-         / CSMBHelloAuth(auth_data=b"\x01" * 32)),
+        (
+            csmb.Hello("10.0.0.254", "10.0.0.253", 0x88, 1, 0, 7700),
+            CSMB(msg_type="HELLO")
+            / CSMBHello(
+                ssmb_active_ipaddr="10.0.0.254", ssmb_standby_ipaddr="10.0.0.253", flags=0x88, ssmb_port=7700
+            ),
+        ),
+        (
+            csmb.Hello("10.0.0.1", "0.0.0.0", 0x80, 1, 0, 7700, auth_data=b"\x01" * 32),
+            CSMB(msg_type="HELLO")
+            / CSMBHello(ssmb_active_ipaddr="10.0.0.1", flags=0x80)
+            / CSMBHelloAuth(auth_data=b"\x01" * 32),
+        ),
         (csmb.Ack(), CSMB(msg_type="ACK")),
     ]
     for message, pkt in cases:
         assert csmb.encode_message(message) == bytes(pkt), message
         assert csmb.decode_message(bytes(pkt)) == message
+
+
+# Property: for any field values, scapy and slbproto agree on the bytes, both ways.
+
+ipv4s = st.builds(lambda n: ".".join(str((n >> s) & 0xFF) for s in (24, 16, 8, 0)), st.integers(0, 2**32 - 1))
+u8s, u16s, u32s, u64s = (st.integers(0, 2**bits - 1) for bits in (8, 16, 32, 64))
+flow_tuples = st.fixed_dictionaries(
+    {
+        "orig_src_ipaddr": ipv4s,
+        "orig_dst_ipaddr": ipv4s,
+        "orig_src_port": u16s,
+        "orig_dst_port": u16s,
+        "tos": u8s,
+        "proto": st.sampled_from([6, 17]),
+        "flags": st.integers(0, 3),
+        "tcp_flags": u8s,
+    }
+)
+serials = st.fixed_dictionaries({"serial_global": u16s, "serial_bytype": u16s})
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    tuple_fields=flow_tuples,
+    serial=serials,
+    new_dst=ipv4s,
+    new_port=u16s,
+    hop=ipv4s,
+    offsets=st.lists(u32s, min_size=4, max_size=4),
+    flow_id=u32s,
+    kind=st.sampled_from(["Query", "Reply", "Reap", "NewFlow"]),
+    error=st.integers(0, 4),
+)
+def test_any_flow_message_agrees_with_slbproto(  # type: ignore[no-untyped-def]
+    tuple_fields, serial, new_dst, new_port, hop, offsets, flow_id, kind, error
+) -> None:
+    body = dict(
+        tuple_fields,
+        new_dst_ipaddr=new_dst,
+        new_dst_port=new_port,
+        next_hop_ipaddr=hop,
+        svr_seq_offset=offsets[0],
+        svr_ack_offset=offsets[1],
+        client_seq_offset=offsets[2],
+        client_ack_offset=offsets[3],
+        flow_id=flow_id,
+    )
+    message = getattr(ssmb, kind)(error=error, **serial, **body)
+    pkt = SSMB(msg_type=int(message.MSG_TYPE), error=error, **serial) / SSMBFlow(**body)
+    assert bytes(pkt) == ssmb.encode_datagram([message])
+    assert ssmb.decode_datagram(bytes(pkt)) == [message]
+    back = SSMB(bytes(pkt))[SSMBFlow]
+    assert {k: back.getfieldval(k) for k in body} == body
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    tuple_fields=flow_tuples,
+    serial=serials,
+    counters=st.lists(u64s, min_size=4, max_size=4),
+    flow_id=u32s,
+    app_data=st.binary(max_size=300),
+)
+def test_any_endflow_and_app_query_agree_with_slbproto(  # type: ignore[no-untyped-def]
+    tuple_fields, serial, counters, flow_id, app_data
+) -> None:
+    names = ("inbound_bytes", "outbound_bytes", "inbound_pkts", "outbound_pkts")
+    end = dict(tuple_fields, flow_id=flow_id, **dict(zip(names, counters, strict=True)))
+    stats = ssmb.Stats(**serial, **end)
+    assert bytes(SSMB(msg_type="STATS", **serial) / SSMBEndflow(**end)) == ssmb.encode_datagram([stats])
+    app = dict(tuple_fields, flow_id=flow_id, app_data=app_data)
+    query = ssmb.AppQuery(**serial, **app)
+    raw = bytes(SSMB(msg_type="APP_QUERY", **serial) / SSMBAppQuery(**app))
+    assert raw == ssmb.encode_datagram([query])
+    assert SSMB(raw)[SSMBAppQuery].app_data == app_data
+
+
+virtual_servers = st.builds(
+    dict,
+    flags=st.integers(0, 0xFFF),
+    virt_ipaddr=ipv4s,
+    virt_port=u16s,
+    vs_class=st.just(1),
+    proto=st.sampled_from([6, 17]),
+    app_data=st.binary(max_size=64),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(servers=st.lists(virtual_servers, max_size=5), serial=serials)
+def test_any_vs_list_agrees_with_slbproto(servers, serial) -> None:  # type: ignore[no-untyped-def]
+    message = csmb.VsList(tuple(csmb.VirtualServer(**vs) for vs in servers), **serial)
+    pkt = CSMB(msg_type="VS_LIST", **serial) / CSMBVsList(servers=[CSMBVsDef(**vs) for vs in servers])
+    assert bytes(pkt) == csmb.encode_message(message)
+    back = CSMB(bytes(pkt))[CSMBVsList].servers
+    assert [(s.virt_ipaddr, s.virt_port, s.app_data) for s in back] == [
+        (vs["virt_ipaddr"], vs["virt_port"], vs["app_data"]) for vs in servers
+    ]

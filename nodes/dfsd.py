@@ -1,0 +1,347 @@
+"""dfsd: the Data Flow Segment daemon.
+
+One process, several threads around one :class:`controller.app.DfsRuntime`:
+
+* os-ken (native-thread hub) listens for the switch on 127.0.0.1 and runs :class:`DfsApp`;
+  optionally a relay accepts OVS on a unix socket (``/var/run/openvswitch/<name>.sock``) and
+  pipes it to that TCP port, which is how a switch reaches a controller in another namespace;
+* the SSMB thread receives UDP from the CS (duplicates dropped by :class:`SsmbReceiver`);
+* the CSMB thread keeps a TCP connection to the CS, reconnecting with backoff;
+* the timer thread ticks the engine (QUERY/ARP retries) and flushes SSMB batches;
+* a small HTTP server on 127.0.0.1 answers ``/status`` and ``/flows`` in JSON.
+
+It prints ``READY ...`` once every listener is up, and exits cleanly on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from slbcore.dfs.config import ConfigError, DfsConfig, load_config
+from slbcore.dfs.engine import DfsEngine, SsmbOut
+from slbproto import csmb
+from slbproto.errors import ProtocolError
+from slbproto.peer import SsmbReceiver, SsmbSender
+
+LOG = logging.getLogger("dfsd")
+TICK = 0.02
+BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
+
+
+class Buses:
+    """The SSMB socket and the CSMB connection, with their counters."""
+
+    def __init__(self, cfg: DfsConfig, stop: threading.Event) -> None:
+        self.cfg = cfg
+        self.stop = stop
+        self.sender = SsmbSender()
+        self.receiver = SsmbReceiver()
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.udp.bind((cfg.mgmt_ipaddr, cfg.ssmb_port))
+        self.udp.settimeout(0.2)
+        self.tcp: socket.socket | None = None
+        self.tcp_lock = threading.Lock()
+        self.counters: dict[str, int] = {"csmb_sent": 0, "csmb_dropped": 0, "csmb_bad_stream": 0}
+
+    @property
+    def ssmb_address(self) -> tuple[str, int]:
+        """Where our SSMB socket is bound."""
+        addr = self.udp.getsockname()
+        return addr[0], addr[1]
+
+    def send_ssmb(self, out: SsmbOut) -> None:
+        """Serialise (serials, batching) and send one SSMB message."""
+        for data, dest in self.sender.send(out.message, out.to, time.monotonic()):
+            self._sendto(data, dest)
+
+    def _sendto(self, data: bytes, dest: tuple[str, int]) -> None:
+        try:
+            self.udp.sendto(data, dest)
+        except OSError as exc:
+            LOG.warning("SSMB send to %s failed: %s", dest, exc)
+
+    def poll_ssmb(self, now: float) -> None:
+        """Send SSMB batches whose delay expired."""
+        for data, dest in self.sender.poll(now):
+            self._sendto(data, dest)
+
+    def send_csmb(self, msg: Any) -> None:
+        """Send one CSMB message on the current connection (dropped, counted, if none)."""
+        data = csmb.encode_message(msg)
+        with self.tcp_lock:
+            if self.tcp is None:
+                self.counters["csmb_dropped"] += 1
+                return
+            try:
+                self.tcp.sendall(data)
+                self.counters["csmb_sent"] += 1
+            except OSError:
+                self.counters["csmb_dropped"] += 1
+
+
+class UnixRelay:
+    """Accepts OVS on a unix socket and pipes each connection to the TCP OpenFlow listener."""
+
+    def __init__(self, path: str, port: int, stop: threading.Event) -> None:
+        self.path, self.port, self.stop = path, port, stop
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(4)
+        self.sock.settimeout(0.2)
+
+    def serve(self) -> None:
+        """Accept until stopped."""
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.port), timeout=2)
+            except OSError as exc:
+                LOG.warning("relay cannot reach the OpenFlow listener: %s", exc)
+                conn.close()
+                continue
+            upstream.settimeout(None)
+            conn.settimeout(None)
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    def close(self) -> None:
+        """Stop accepting and remove the socket file."""
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def ssmb_loop(buses: Buses, runtime: Any) -> None:
+    """Receive SSMB datagrams until stopped."""
+    while not buses.stop.is_set():
+        try:
+            data, addr = buses.udp.recvfrom(65535)
+        except TimeoutError:
+            continue
+        except OSError:
+            if buses.stop.is_set():
+                return
+            continue
+        for msg in buses.receiver.receive(data, (addr[0], addr[1]), time.monotonic()):
+            runtime.run(lambda e, now, m=msg: e.ssmb_message(m, now))
+
+
+def csmb_loop(buses: Buses, runtime: Any) -> None:
+    """Keep a CSMB connection to the CS, reconnecting with exponential backoff."""
+    cfg, backoff = buses.cfg, BACKOFF_MIN
+    while not buses.stop.is_set():
+        try:
+            sock = socket.create_connection((cfg.cs_ipaddr, cfg.cs_csmb_port), timeout=2)
+        except OSError:
+            buses.stop.wait(backoff)
+            backoff = min(BACKOFF_MAX, backoff * 2)
+            continue
+        backoff = BACKOFF_MIN
+        sock.settimeout(0.2)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with buses.tcp_lock:
+            buses.tcp = sock
+        LOG.info("CSMB connected to %s:%d", cfg.cs_ipaddr, cfg.cs_csmb_port)
+        runtime.run(lambda e, now: e.csmb_connected(now))
+        decoder = csmb.StreamDecoder()
+        try:
+            while not buses.stop.is_set():
+                try:
+                    data = sock.recv(65536)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                try:
+                    msgs = decoder.feed(data)
+                except ProtocolError as exc:
+                    LOG.warning("CSMB stream from the CS is broken (%s); reconnecting", exc)
+                    buses.counters["csmb_bad_stream"] += 1
+                    break
+                for msg in msgs:
+                    runtime.run(lambda e, now, m=msg: e.csmb_message(m, now))
+        except OSError as exc:
+            LOG.info("CSMB connection lost: %s", exc)
+        with buses.tcp_lock:
+            buses.tcp = None
+        with contextlib.suppress(OSError):
+            sock.close()
+        runtime.run(lambda e, now: e.csmb_disconnected(now))
+        LOG.info("CSMB disconnected")
+        buses.stop.wait(backoff)
+
+
+def timer_loop(buses: Buses, runtime: Any) -> None:
+    """Tick the engine and flush SSMB batches."""
+    while not buses.stop.wait(TICK):
+        runtime.run(lambda e, now: e.tick(now))
+        with runtime.lock:
+            buses.poll_ssmb(time.monotonic())
+
+
+def make_status_server(runtime: Any, buses: Buses, port: int) -> ThreadingHTTPServer:
+    """The JSON status endpoint on 127.0.0.1."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+            path = self.path.split("?", 1)[0]
+            if path == "/status":
+                body: Any = runtime.snapshot(lambda e: e.status())
+                body["runtime"] = dict(runtime.counters)
+                body["ssmb_receiver"] = dict(buses.receiver.counters)
+                body["ssmb_sender"] = dict(buses.sender.counters)
+                body["csmb"] = dict(buses.counters)
+            elif path == "/flows":
+                body = runtime.snapshot(lambda e: e.flow_table())
+            else:
+                self.send_error(404, "unknown path; try /status or /flows")
+                return
+            data = json.dumps(body, sort_keys=True).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, fmt: str, *args: Any) -> None:
+            LOG.debug("status: " + fmt, *args)
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    return server
+
+
+def _listening(port: int) -> bool:
+    """Whether something listens on TCP ``port`` in this namespace (from /proc, no connect)."""
+    want = f":{port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as fh:
+            for line in fh.readlines()[1:]:
+                cols = line.split()
+                if len(cols) > 3 and cols[1].endswith(want) and cols[3] == "0A":
+                    return True
+    return False
+
+
+def start_osken(port: int) -> None:
+    """Start os-ken with the DFS app, listening on 127.0.0.1:port (returns once it listens)."""
+    from os_ken import cfg as osken_cfg
+    from os_ken.base.app_manager import AppManager
+
+    osken_cfg.CONF(args=["--ofp-listen-host", "127.0.0.1", "--ofp-tcp-listen-port", str(port)], project="os_ken")
+    mgr = AppManager.get_instance()
+    mgr.load_apps(["controller.app"])
+    contexts = mgr.create_contexts()
+    mgr.instantiate_apps(**contexts)
+    deadline = time.monotonic() + 10
+    while not _listening(port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"os-ken is not listening on 127.0.0.1:{port}")
+        time.sleep(0.05)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the DFS daemon."""
+    ap = argparse.ArgumentParser(prog="dfsd", description="Data Flow Segment daemon")
+    ap.add_argument("config", type=Path, help="DFS TOML configuration")
+    ap.add_argument("--check", action="store_true", help="check the configuration and exit")
+    ap.add_argument("--epoch", type=int, default=None, help="cookie epoch (default: derived from the clock)")
+    ap.add_argument("--log-level", default="INFO")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stdout,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"dfsd: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"configuration OK: {cfg.name}, {len(cfg.interfaces)} interfaces")
+        return 0
+
+    from controller.app import DfsApp, DfsRuntime
+
+    stop = threading.Event()
+    epoch = args.epoch if args.epoch is not None else int(time.time()) & 0xFFFF
+    engine = DfsEngine(cfg, epoch)
+    try:
+        buses = Buses(cfg, stop)
+    except OSError as exc:
+        print(f"dfsd: cannot bind SSMB {cfg.mgmt_ipaddr}:{cfg.ssmb_port}: {exc}", file=sys.stderr)
+        return 1
+    runtime = DfsRuntime(engine, buses.send_ssmb, buses.send_csmb)
+    DfsApp.runtime = runtime
+    start_osken(cfg.openflow_port)
+    relay = UnixRelay(cfg.unix_socket, cfg.openflow_port, stop) if cfg.unix_socket else None
+    status = make_status_server(runtime, buses, cfg.status_port)
+    threads = [
+        threading.Thread(target=ssmb_loop, args=(buses, runtime), name="ssmb", daemon=True),
+        threading.Thread(target=csmb_loop, args=(buses, runtime), name="csmb", daemon=True),
+        threading.Thread(target=timer_loop, args=(buses, runtime), name="timer", daemon=True),
+        threading.Thread(target=status.serve_forever, name="status", daemon=True),
+    ]
+    if relay is not None:
+        threads.append(threading.Thread(target=relay.serve, name="relay", daemon=True))
+    for t in threads:
+        t.start()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    ssmb_ip, ssmb_port = buses.ssmb_address
+    print(f"READY dfsd name={cfg.name} epoch={epoch} openflow=127.0.0.1:{cfg.openflow_port}"
+          f"{' unix=' + cfg.unix_socket if relay else ''} ssmb={ssmb_ip}:{ssmb_port}"
+          f" status=http://127.0.0.1:{status.server_address[1]}", flush=True)
+    stop.wait()
+    LOG.info("stopping")
+    status.shutdown()
+    if relay is not None:
+        relay.close()
+    with contextlib.suppress(OSError):
+        buses.udp.close()
+    sys.stdout.flush()
+    # os-ken's native hub threads are not daemonic and cannot be joined on demand.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
