@@ -51,6 +51,7 @@ def log(msg: str) -> None:
 
 # ---------------------------------------------------------------------------------------- machine
 
+
 def _first_line(argv: list[str]) -> str | None:
     try:
         res = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
@@ -89,23 +90,37 @@ def machine_info() -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------- components
 
+
 def run_module(module: str, args: list[str], timeout: float, log_path: Path) -> dict[str, Any]:
     """Run ``python -m bench.<module> ARGS --json TMP`` with a timeout; return its status and JSON."""
     with tempfile.TemporaryDirectory(prefix="slb-bench-") as tmp:
         out_json = Path(tmp) / f"{module}.json"
         argv = [sys.executable, "-m", f"bench.{module}", *args, "--json", str(out_json)]
-        env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}".rstrip(os.pathsep))
+        env = dict(
+            os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}".rstrip(os.pathsep)
+        )
         started = time.monotonic()
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "wb") as logf:
-            proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                argv,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             try:
                 rc = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 _stop(proc)
-                return {"status": f"failed: timed out after {timeout:.0f}s", "log": str(log_path),
-                        "seconds": round(time.monotonic() - started, 1), "argv": argv[1:-2]}
+                return {
+                    "status": f"failed: timed out after {timeout:.0f}s",
+                    "log": str(log_path),
+                    "seconds": round(time.monotonic() - started, 1),
+                    "argv": argv[1:-2],
+                }
         seconds = round(time.monotonic() - started, 1)
         tail = log_path.read_text(errors="replace")[-1500:]
         result: dict[str, Any] = {"seconds": seconds, "log": str(log_path), "argv": argv[1:-2]}
@@ -160,8 +175,14 @@ def run_components(quick: bool, out: Path) -> dict[str, Any]:
 
 def _help_text(module: str) -> str:
     try:
-        res = subprocess.run([sys.executable, "-m", f"bench.{module}", "--help"], capture_output=True, text=True,
-                             timeout=30, cwd=ROOT, check=False)
+        res = subprocess.run(
+            [sys.executable, "-m", f"bench.{module}", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=ROOT,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return ""
     return res.stdout + res.stderr
@@ -190,28 +211,52 @@ def run_query_scaling(quick: bool, out: Path, components: dict[str, Any]) -> dic
     timeout = 90.0 if quick else 600.0
     for peers in PEER_COUNTS_QUICK if quick else PEER_COUNTS_FULL:
         log(f"*** bench_cs with {peers} DFS peers")
-        res = run_module("bench_cs", [*(["--quick"] if quick else []), "--dfs-peers", str(peers)], timeout,
-                         out / "logs" / f"bench_cs-peers{peers}.log")
+        res = run_module(
+            "bench_cs",
+            [*(["--quick"] if quick else []), "--dfs-peers", str(peers)],
+            timeout,
+            out / "logs" / f"bench_cs-peers{peers}.log",
+        )
         picked = pick_query_rate(res.get("data")) if res["status"] == "ok" else None
-        rows.append({"dfs_peers": peers, "status": res["status"], "metric": picked[0] if picked else None,
-                     "queries_per_s": picked[1] if picked else None, "data": res.get("data")})
+        rows.append(
+            {
+                "dfs_peers": peers,
+                "status": res["status"],
+                "metric": picked[0] if picked else None,
+                "queries_per_s": picked[1] if picked else None,
+                "data": res.get("data"),
+            }
+        )
     return {"status": "ok", "rows": rows}
 
 
 # -------------------------------------------------------------------------------------------- main
 
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks, write latest.json and the report, print the summary."""
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="CI smoke run: 1 repetition of 2 s runs, no scaling curves")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results directory (default {DEFAULT_OUT})")
-    ap.add_argument("--scenarios", type=topo_bench.parse_scenarios,
-                    help=f"topology scenarios to run (default all: {','.join(topo_bench.ALL_SCENARIOS)})")
+    ap.add_argument(
+        "--quick", action="store_true", help="CI smoke run: 1 repetition of 2 s runs, no scaling curves"
+    )
+    ap.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"results directory (default {DEFAULT_OUT})"
+    )
+    ap.add_argument(
+        "--scenarios",
+        type=topo_bench.parse_scenarios,
+        help=f"topology scenarios to run (default all: {','.join(topo_bench.ALL_SCENARIOS)})",
+    )
     ap.add_argument("--repetitions", type=int, help="repetitions per measurement (default: 3, quick 1)")
     ap.add_argument("--duration", type=float, help="seconds per load run (default: 8, quick 2)")
     ap.add_argument("--no-components", action="store_true", help="skip bench_proto/bench_cs/bench_dfs")
     ap.add_argument("--no-topology", action="store_true", help="skip the topology benchmark")
     ap.add_argument("--no-scaling", action="store_true", help="skip the scaling curves (full mode)")
+    ap.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 also when a piece is missing or unavailable (default: only when one failed)",
+    )
     args = ap.parse_args(argv)
     if args.repetitions is not None and not 1 <= args.repetitions <= 50:
         ap.error("--repetitions must be in 1..50")
@@ -236,8 +281,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_topology:
         doc["topology"] = {"status": "skipped: --no-topology"}
     else:
-        settings = topo_bench.Settings.for_mode(args.quick, repetitions=args.repetitions, duration=args.duration,
-                                                scenarios=args.scenarios, log=log)
+        settings = topo_bench.Settings.for_mode(
+            args.quick,
+            repetitions=args.repetitions,
+            duration=args.duration,
+            scenarios=args.scenarios,
+            log=log,
+        )
         if args.no_scaling:
             settings.scaling = False
         try:
@@ -246,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             doc["topology"] = {"status": f"failed: {type(exc).__name__}: {exc}"[:600]}
     doc["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     doc["seconds"] = round(time.monotonic() - started, 1)
-    doc["problems"] = problems(doc)
+    doc["problems"] = problems(doc, args.strict)
     (out / "latest.json").write_text(json.dumps(doc, indent=2) + "\n")
     written = report.render(doc, out)
     print(report.summary_text(doc))
@@ -254,17 +304,18 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if doc["problems"] else 0
 
 
-def problems(doc: dict[str, Any]) -> list[str]:
-    """Pieces that exist but produced no numbers (missing or unavailable pieces are not problems)."""
+def problems(doc: dict[str, Any], strict: bool = False) -> list[str]:
+    """Pieces that failed to produce numbers; with ``strict``, also missing and unavailable ones."""
+    bad = ("failed", "missing", "unavailable") if strict else ("failed",)
     found = []
     for name, res in doc.get("components", {}).items():
-        if str(res.get("status", "")).startswith("failed"):
+        if str(res.get("status", "")).startswith(bad):
             found.append(f"{name}: {res['status']}")
     topo = doc.get("topology", {})
-    if str(topo.get("status", "")).startswith("failed"):
+    if str(topo.get("status", "")).startswith(bad):
         found.append(f"topology: {topo['status']}")
     for name, sc in topo.get("scenarios", {}).items():
-        if str(sc.get("status", "")).startswith("failed"):
+        if str(sc.get("status", "")).startswith(bad):
             found.append(f"{name}: {sc['status']}")
     return found
 

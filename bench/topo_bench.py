@@ -184,6 +184,9 @@ def flatten_numbers(doc: Any, prefix: str = "") -> dict[str, float]:
     if isinstance(doc, dict):
         for key, value in doc.items():
             found.update(flatten_numbers(value, f"{prefix}{key}."))
+    elif isinstance(doc, list):
+        for i, value in enumerate(doc):
+            found.update(flatten_numbers(value, f"{prefix}{i}."))
     elif isinstance(doc, int | float) and not isinstance(doc, bool):
         found[prefix.rstrip(".")] = float(doc)
     return found
@@ -191,8 +194,9 @@ def flatten_numbers(doc: Any, prefix: str = "") -> dict[str, float]:
 
 def pick_counter(flat: dict[str, float], *names: str) -> float | None:
     """The first counter whose last path element is one of ``names`` (in that order of preference)."""
+    by_depth = sorted(flat.items(), key=lambda kv: kv[0].count("."))
     for name in names:
-        for key, value in flat.items():
+        for key, value in by_depth:
             if key.rsplit(".", 1)[-1] == name:
                 return value
     return None
@@ -486,6 +490,17 @@ def _sh(argv: list[str], timeout: float = 15.0) -> subprocess.CompletedProcess[s
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def short_reason(exc: BaseException) -> str:
+    """An exception as one line: its first line and, for daemon errors, the last line of the log it quotes."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0].removesuffix(":")
+    if len(lines) > 1:
+        text += f": {lines[-1]}"
+    return text[:400]
+
+
 def vswitchd_pid() -> int | None:
     """The pid of the running ovs-vswitchd (the userspace datapath lives in it)."""
     for path in ("/var/run/openvswitch/ovs-vswitchd.pid", "/run/openvswitch/ovs-vswitchd.pid"):
@@ -754,8 +769,7 @@ class BenchTestbed:
                     interval=0.5,
                 )
         except (DaemonError, TimeoutError, OSError, KeyError, subprocess.SubprocessError) as exc:
-            text = str(exc).strip()
-            return (text.splitlines()[0] if text else type(exc).__name__)[:400]
+            return short_reason(exc)
         return None
 
     def lb_pids(self) -> dict[str, int | None]:
@@ -1221,6 +1235,7 @@ def run_topology(settings: Settings, config: Path = BENCH_TOML) -> dict[str, Any
             "probe_count": settings.probe_count,
         },
     }
+    doc["notes"] = backend_notes()
     wanted = [n for n in ALL_SCENARIOS if n in settings.scenarios]
     started = time.monotonic()
     with BenchTestbed(spec, settings) as bed:
@@ -1264,6 +1279,19 @@ def run_topology(settings: Settings, config: Path = BENCH_TOML) -> dict[str, Any
     doc["seconds"] = round(time.monotonic() - started, 1)
     derive(doc)
     return doc
+
+
+def backend_notes() -> list[str]:
+    """Known properties of the HTTP backend that bound what the figures can show."""
+    from nodes.backend import BackendHandler
+
+    if getattr(BackendHandler, "disable_nagle_algorithm", False):
+        return []
+    return [
+        "the HTTP backend (nodes/backend.py) sends headers and body in separate writes with Nagle's "
+        "algorithm on, so on keep-alive connections each response waits for the client's delayed ACK "
+        "(~40 ms): keep-alive req/s and latency are bounded by that, on every path alike"
+    ]
 
 
 def leftovers() -> list[str]:

@@ -27,8 +27,13 @@ LOG = logging.getLogger("dfs.controller")
 class DfsRuntime:
     """The engine, its lock, the live datapath and the senders for each bus."""
 
-    def __init__(self, engine: DfsEngine, send_ssmb: Callable[[SsmbOut], None],
-                 send_csmb: Callable[[Any], None], clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        engine: DfsEngine,
+        send_ssmb: Callable[[SsmbOut], None],
+        send_csmb: Callable[[Any], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.engine = engine
         self.send_ssmb = send_ssmb
         self.send_csmb = send_csmb
@@ -121,8 +126,9 @@ class DfsRuntime:
 
 
 def _entry(stats: Any) -> FlowEntryStats:
-    return FlowEntryStats(stats.cookie, dict(stats.match.items()), stats.packet_count, stats.byte_count,
-                          stats.priority)
+    return FlowEntryStats(
+        stats.cookie, dict(stats.match.items()), stats.packet_count, stats.byte_count, stats.priority
+    )
 
 
 class DfsApp(app_manager.OSKenApp):  # type: ignore[misc]

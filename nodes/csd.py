@@ -43,6 +43,9 @@ from slbproto import transport
 from slbproto.peer import SsmbReceiver, SsmbSender
 
 log = logging.getLogger("csd")
+# Readiness is what supervisors wait for: its logger passes INFO whatever the configured log level.
+ready_log = logging.getLogger("csd.ready")
+ready_log.setLevel(logging.INFO)
 
 HTTP_TIMEOUT = 5.0
 # A DFS that stops reading must not make the CS buffer its configuration stream forever.
@@ -172,7 +175,7 @@ class CsDaemon:
         }
         self.prober.update(self.cs.health_targets())
         self._ticker = loop.create_task(self._tick_loop(), name="cs ticker")
-        log.info(
+        ready_log.info(
             "READY csmb=%s ssmb=%s status=%s vs=%d",
             self.bound["csmb"], self.bound["ssmb"], self.bound["status"], len(self.cs.vs),
         )

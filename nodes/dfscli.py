@@ -1,7 +1,7 @@
 """dfs: query a running dfsd's status endpoint.
 
-    dfs [--url URL] status [--json]
-    dfs [--url URL] flows [--json]
+dfs [--url URL] status [--json]
+dfs [--url URL] flows [--json]
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ def render_flows(rows: list[dict[str, Any]]) -> str:
     """One line per flow."""
     out = [f"{'id':>10} {'state':<10} {'proto':>5} {'client':<22} {'vip':<22} server"]
     for r in rows:
-        out.append(f"{r['flow_id']:>10} {r['state']:<10} {r['proto']:>5} {r['client']:<22} {r['vip']:<22} "
-                   f"{r.get('server', '-')}")
+        out.append(
+            f"{r['flow_id']:>10} {r['state']:<10} {r['proto']:>5} {r['client']:<22} {r['vip']:<22} "
+            f"{r.get('server', '-')}"
+        )
     return "\n".join(out)
 
 

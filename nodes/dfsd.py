@@ -220,7 +220,7 @@ def make_status_server(runtime: Any, buses: Buses, port: int) -> ThreadingHTTPSe
     """The JSON status endpoint on 127.0.0.1."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/status":
                 body: Any = runtime.snapshot(lambda e: e.status())
@@ -265,7 +265,9 @@ def start_osken(port: int) -> None:
     from os_ken import cfg as osken_cfg
     from os_ken.base.app_manager import AppManager
 
-    osken_cfg.CONF(args=["--ofp-listen-host", "127.0.0.1", "--ofp-tcp-listen-port", str(port)], project="os_ken")
+    osken_cfg.CONF(
+        args=["--ofp-listen-host", "127.0.0.1", "--ofp-tcp-listen-port", str(port)], project="os_ken"
+    )
     mgr = AppManager.get_instance()
     mgr.load_apps(["controller.app"])
     contexts = mgr.create_contexts()
@@ -285,8 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epoch", type=int, default=None, help="cookie epoch (default: derived from the clock)")
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stdout,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stdout,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
@@ -328,9 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     ssmb_ip, ssmb_port = buses.ssmb_address
-    print(f"READY dfsd name={cfg.name} epoch={epoch} openflow=127.0.0.1:{cfg.openflow_port}"
-          f"{' unix=' + cfg.unix_socket if relay else ''} ssmb={ssmb_ip}:{ssmb_port}"
-          f" status=http://127.0.0.1:{status.server_address[1]}", flush=True)
+    print(
+        f"READY dfsd name={cfg.name} epoch={epoch} openflow=127.0.0.1:{cfg.openflow_port}"
+        f"{' unix=' + cfg.unix_socket if relay else ''} ssmb={ssmb_ip}:{ssmb_port}"
+        f" status=http://127.0.0.1:{status.server_address[1]}",
+        flush=True,
+    )
     stop.wait()
     LOG.info("stopping")
     status.shutdown()

@@ -1,7 +1,7 @@
 """Render ``docs/PROTOCOL.md`` from the message tables, so the doc cannot drift from the code.
 
-    python -m slbproto.docgen --write   # regenerate docs/PROTOCOL.md
-    python -m slbproto.docgen --check   # exit 1 when docs/PROTOCOL.md is stale
+python -m slbproto.docgen --write   # regenerate docs/PROTOCOL.md
+python -m slbproto.docgen --check   # exit 1 when docs/PROTOCOL.md is stale
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import enum
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from slbproto import constants as c
 from slbproto import csmb, errors, ssmb
@@ -78,12 +79,16 @@ def layout_section(layout: Layout, level: str = "###") -> str:
     """Heading, description, table and diagram of one layout."""
     size = f"{layout.size}" + (f" + {layout.tail.length_field}" if layout.tail else "")
     return "\n\n".join(
-        [f"{level} {layout.name} ({size} octets)", layout.description, offset_table(layout),
-         bit_diagram(layout)]
+        [
+            f"{level} {layout.name} ({size} octets)",
+            layout.description,
+            offset_table(layout),
+            bit_diagram(layout),
+        ]
     )
 
 
-def enum_table(cls: type[enum.Enum], meanings: Mapping[object, str] | None = None) -> str:
+def enum_table(cls: type[enum.Enum], meanings: Mapping[Any, str] | None = None) -> str:
     """Markdown table of an enum's values."""
     is_flag = issubclass(cls, enum.Flag)
     head = "| bit | value | name | meaning |" if is_flag else "| value | name | meaning |"
@@ -134,7 +139,7 @@ def csmb_semantics_table() -> str:
     return "\n".join(lines)
 
 
-def message_class_table(registry: Iterable[tuple[int, type]]) -> str:
+def message_class_table(registry: Iterable[tuple[int, type[Any]]]) -> str:
     """Which Python class and layout each type code uses."""
     lines = ["| code | class | layout |", "|---:|---|---|"]
     for code, cls in registry:

@@ -11,6 +11,7 @@ bit diagrams of ``docs/PROTOCOL.md``.
 from __future__ import annotations
 
 import enum
+import functools
 import socket
 import struct
 from collections.abc import Callable, Iterator
@@ -126,7 +127,7 @@ class Field:
             return value in allowed
         if issubclass(allowed, enum.IntFlag):
             return not value & ~_flag_mask(allowed)
-        return value in {int(m) for m in allowed}
+        return value in _enum_values(allowed)
 
     def namespace(self) -> dict[str, object]:
         """Names the generated checks refer to."""
@@ -136,6 +137,12 @@ class Field:
         return {}
 
 
+@functools.cache
+def _enum_values(cls: type[enum.IntEnum]) -> frozenset[int]:
+    return frozenset(int(m) for m in cls)
+
+
+@functools.cache
 def _flag_mask(flags: type[enum.IntFlag]) -> int:
     mask = 0
     for member in flags:
@@ -196,6 +203,7 @@ class Layout:
     expected_size: int | None = None
     struct: struct.Struct = field(init=False)
     offsets: dict[str, int] = field(init=False)
+    _value_fields: tuple[Field, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         names = [f.name for f in self.fields if f.role is not Role.PAD]
@@ -209,6 +217,7 @@ class Layout:
             offsets.setdefault(f.name, off)
             off += f.size
         object.__setattr__(self, "offsets", offsets)
+        object.__setattr__(self, "_value_fields", tuple(f for f in self.fields if f.has_value))
         # The import-time size guard: a table that disagrees with the spec never loads.
         assert off == self.struct.size, (self.name, off, self.struct.size)
         if self.expected_size is not None:
@@ -230,7 +239,7 @@ class Layout:
 
     def value_fields(self) -> tuple[Field, ...]:
         """Fields that struct packs a value for, in struct order."""
-        return tuple(f for f in self.fields if f.has_value)
+        return self._value_fields
 
     def namespace(self) -> dict[str, object]:
         """Everything generated code for this layout refers to."""
@@ -265,14 +274,21 @@ class Layout:
 
     def encode(self, values: dict[str, Any], label: str | None = None) -> bytes:
         """Pack a dict of field values (IPv4 as str); UsageError naming a bad field."""
-        args: list[object] = []
-        for f in self.value_fields():
-            value = values[f.name]
-            problem = f.problem(value)
-            if problem is not None:
-                raise UsageError(f"{label or self.name}: {problem}")
-            args.append(socket.inet_pton(socket.AF_INET, value) if f.ipv4 else value)
-        return self.struct.pack(*args)
+        try:
+            args = [
+                socket.inet_pton(socket.AF_INET, values[f.name]) if f.ipv4 else values[f.name]
+                for f in self.value_fields()
+            ]
+            for f in self.value_fields():
+                if f.allowed is not None and f.role is Role.VALUE and not f.permits(values[f.name]):
+                    raise ValueError(f.name)
+            return self.struct.pack(*args)
+        except (struct.error, OSError, TypeError, ValueError) as exc:
+            for f in self.value_fields():
+                problem = f.problem(values[f.name])
+                if problem is not None:
+                    raise UsageError(f"{label or self.name}: {problem}") from None
+            raise UsageError(f"{label or self.name}: cannot pack {values!r}") from exc
 
     def decode(self, buf: bytes | bytearray | memoryview, offset: int = 0) -> dict[str, Any]:
         """Unpack the fixed part at offset into a dict; BadFieldValue for an out-of-range VALUE.

@@ -53,7 +53,7 @@ Datagram = tuple[bytes, Address]
 _SERIAL_MASK: Final = SERIAL_MODULUS - 1
 _HALF: Final = SERIAL_MODULUS // 2
 
-M = TypeVar("M", SsmbMessage, CsmbMessage)
+M = TypeVar("M", bound=SsmbMessage | CsmbMessage)
 
 
 class SerialCounter:

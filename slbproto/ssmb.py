@@ -484,7 +484,15 @@ def decode_datagram(data: BytesLike) -> list[SsmbMessage]:
     if end < SSMB_HEADER_LEN:
         raise TruncatedMessage(f"datagram of {end} octets is shorter than the 8-octet header")
     count = data[5]
-    if count == 0:
+    if count == 1:
+        # The common unbatched datagram: one lookup, no loop.
+        entry = _UNPACKERS.get(data[4])
+        if entry is not None and entry[0] <= end:
+            msg, stop = entry[1](data, 0, end)
+            if stop != end:
+                raise TrailingBytes(f"{end - stop} octets after 1 message(s)", offset=stop)
+            return [msg]
+    elif count == 0:
         raise BadCount("count is 0", offset=5)
     out: list[SsmbMessage] = []
     off = 0

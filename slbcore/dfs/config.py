@@ -204,7 +204,9 @@ def _route(raw: Any, idx: int) -> Route:
 
 def parse_config(data: dict[str, Any]) -> DfsConfig:
     """Build a :class:`DfsConfig` from a parsed TOML document, checking every field."""
-    _check_keys(data, {"dfs", "cs", "openflow", "status", "interface", "route", "timeouts", "limits"}, "top level")
+    _check_keys(
+        data, {"dfs", "cs", "openflow", "status", "interface", "route", "timeouts", "limits"}, "top level"
+    )
     dfs = _table(data, "dfs")
     _check_keys(dfs, {"name", "switch", "mgmt_ipaddr", "ssmb_port"}, "[dfs]")
     cs = _table(data, "cs")

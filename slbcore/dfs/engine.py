@@ -281,18 +281,30 @@ class DfsEngine:
         """The offloaded and pending flows, for the status endpoint."""
         rows: list[dict[str, Any]] = []
         for f in self.flows.values():
-            rows.append({
-                "flow_id": f.flow_id, "state": "offloaded", "proto": f.ft.proto,
-                "client": f"{f.ft.src}:{f.ft.sport}", "vip": f"{f.ft.dst}:{f.ft.dport}",
-                "server": f"{f.server_ft.src}:{f.server_ft.sport}", "epoch": f.epoch,
-                "installed": f.installed,
-            })
+            rows.append(
+                {
+                    "flow_id": f.flow_id,
+                    "state": "offloaded",
+                    "proto": f.ft.proto,
+                    "client": f"{f.ft.src}:{f.ft.sport}",
+                    "vip": f"{f.ft.dst}:{f.ft.dport}",
+                    "server": f"{f.server_ft.src}:{f.server_ft.sport}",
+                    "epoch": f.epoch,
+                    "installed": f.installed,
+                }
+            )
         for p in self.pending.values():
-            rows.append({
-                "flow_id": p.flow_id, "state": p.state, "proto": p.ft.proto,
-                "client": f"{p.ft.src}:{p.ft.sport}", "vip": f"{p.ft.dst}:{p.ft.dport}",
-                "held": len(p.held), "created": p.created,
-            })
+            rows.append(
+                {
+                    "flow_id": p.flow_id,
+                    "state": p.state,
+                    "proto": p.ft.proto,
+                    "client": f"{p.ft.src}:{p.ft.sport}",
+                    "vip": f"{p.ft.dst}:{p.ft.dport}",
+                    "held": len(p.held),
+                    "created": p.created,
+                }
+            )
         return rows
 
     # ------------------------------------------------------------------ switch connection
@@ -311,8 +323,9 @@ class DfsEngine:
         for st in self.vservers.values():
             out.extend(self._program_vs(st, now, new_group=True))
         self.audit_pending = True
-        out.openflow.append(rules.flow_stats_request(dp, rules.make_cookie(rules.KIND_PER_FLOW, 0, 0),
-                                                     rules.MASK_PER_FLOW))
+        out.openflow.append(
+            rules.flow_stats_request(dp, rules.make_cookie(rules.KIND_PER_FLOW, 0, 0), rules.MASK_PER_FLOW)
+        )
         return out
 
     def switch_disconnected(self, now: float) -> Output:
@@ -359,8 +372,17 @@ class DfsEngine:
             self._error(refusal)
             return self._reject(in_port, frame, SsmbError.NOTAVAIL)
         fid = self._alloc_flow_id()
-        p = Pending(fid, ft, self._key_of(st), ip.tos, ip.tcp_flags, now,
-                    ClientSide(in_port, intf.mac, frame.eth_src), frame, in_port)
+        p = Pending(
+            fid,
+            ft,
+            self._key_of(st),
+            ip.tos,
+            ip.tcp_flags,
+            now,
+            ClientSide(in_port, intf.mac, frame.eth_src),
+            frame,
+            in_port,
+        )
         self.pending[fid] = p
         self.pending_by_ft[ft] = fid
         self._hold(p, in_port, data)
@@ -401,9 +423,16 @@ class DfsEngine:
             self.counters["queries_sent"] += 1
         else:
             self.counters["query_retransmits"] += 1
-        q = ssmb.Query(orig_src_ipaddr=p.ft.src, orig_dst_ipaddr=p.ft.dst, orig_src_port=p.ft.sport,
-                       orig_dst_port=p.ft.dport, tos=p.tos, proto=p.ft.proto, tcp_flags=p.tcp_flags & 0xFF,
-                       flow_id=p.flow_id)
+        q = ssmb.Query(
+            orig_src_ipaddr=p.ft.src,
+            orig_dst_ipaddr=p.ft.dst,
+            orig_src_port=p.ft.sport,
+            orig_dst_port=p.ft.dport,
+            tos=p.tos,
+            proto=p.ft.proto,
+            tcp_flags=p.tcp_flags & 0xFF,
+            flow_id=p.flow_id,
+        )
         return Output(ssmb=self._ssmb(q))
 
     def _late_packet(self, f: Flow, in_port: int, frame: Frame, data: bytes) -> Output:
@@ -421,8 +450,13 @@ class DfsEngine:
 
     def _release(self, in_port: int, data: bytes, proto: int, rw: Rewrite) -> Any:
         dp, ofp, p = self.dp, self.dp.ofproto, self.dp.ofproto_parser
-        return p.OFPPacketOut(dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=in_port,
-                              actions=rules.rewrite_actions(dp, proto, rw), data=data)
+        return p.OFPPacketOut(
+            dp,
+            buffer_id=ofp.OFP_NO_BUFFER,
+            in_port=in_port,
+            actions=rules.rewrite_actions(dp, proto, rw),
+            data=data,
+        )
 
     def _reject(self, in_port: int, frame: Frame, error: int) -> Output:
         """Refuse a flow toward the client: TCP RST, or ICMP unreachable for UDP."""
@@ -527,10 +561,17 @@ class DfsEngine:
         self.counters["replies"] += 1
         p = self.pending.get(msg.flow_id)
         if p is None or p.state != "query" or p.newflow:
-            self._error("duplicate_reply" if p is not None or msg.flow_id in self.flows else "unsolicited_reply")
+            self._error(
+                "duplicate_reply" if p is not None or msg.flow_id in self.flows else "unsolicited_reply"
+            )
             return Output()
         if (msg.orig_src_ipaddr, msg.orig_dst_ipaddr, msg.orig_src_port, msg.orig_dst_port, msg.proto) != (
-                p.ft.src, p.ft.dst, p.ft.sport, p.ft.dport, p.ft.proto):
+            p.ft.src,
+            p.ft.dst,
+            p.ft.sport,
+            p.ft.dport,
+            p.ft.proto,
+        ):
             self._error("reply_mismatch")
             return Output()
         if msg.error != SsmbError.OK:
@@ -549,8 +590,9 @@ class DfsEngine:
         if st is None:
             return self._fail_pending(p, "vs_gone")
         msg, flags = p.reply, st.flags
-        if msg.flags & FlowFlag.ADD_TCP_OFFSET and (msg.svr_seq_offset or msg.svr_ack_offset
-                                                    or msg.client_seq_offset or msg.client_ack_offset):
+        if msg.flags & FlowFlag.ADD_TCP_OFFSET and (
+            msg.svr_seq_offset or msg.svr_ack_offset or msg.client_seq_offset or msg.client_ack_offset
+        ):
             # OpenFlow cannot add to TCP sequence numbers; a flow needing it cannot be offloaded.
             return self._fail_pending(p, "tcp_offset_unsupported")
         new_dst = msg.new_dst_ipaddr if flags & VsFlag.TRANSLATE_ADDR else p.ft.dst
@@ -578,13 +620,25 @@ class DfsEngine:
                 return self._await_arp(p, back.next_hop, client_l2, now)
             p.client = ClientSide(back.interface.port, back.interface.mac, client_l2[0])
         server_mac, server_port = server_l2
-        fwd = Rewrite(None, new_dst if new_dst != p.ft.dst else None, None,
-                      new_port if new_port != p.ft.dport else None,
-                      route.interface.mac, server_mac, server_port)
+        fwd = Rewrite(
+            None,
+            new_dst if new_dst != p.ft.dst else None,
+            None,
+            new_port if new_port != p.ft.dport else None,
+            route.interface.mac,
+            server_mac,
+            server_port,
+        )
         server_ft = FiveTuple(p.ft.proto, new_dst, p.ft.src, new_port, p.ft.sport)
-        rev = Rewrite(p.ft.dst if new_dst != p.ft.dst else None, None,
-                      p.ft.dport if new_port != p.ft.dport else None, None,
-                      p.client.eth_src, p.client.eth_dst, p.client.port)
+        rev = Rewrite(
+            p.ft.dst if new_dst != p.ft.dst else None,
+            None,
+            p.ft.dport if new_port != p.ft.dport else None,
+            None,
+            p.client.eth_src,
+            p.client.eth_dst,
+            p.client.port,
+        )
         return out.extend(self._install(p, server_ft, fwd, rev, now))
 
     def _await_arp(self, p: Pending, ipaddr: str, started: Output, now: float) -> Output:
@@ -601,10 +655,12 @@ class DfsEngine:
             return self._fail_pending(p, "flow_collision")
         t = self.cfg.timeouts
         f = Flow(p.flow_id, self.epoch, p.ft, server_ft, p.tos, int(p.reply.flags), p.tcp_flags, fwd, now)
-        out = Output(openflow=[
-            rules.flow_entry(self.dp, f.fwd_cookie, p.ft, fwd, t.idle, t.fin_idle, t.fin_hard),
-            rules.flow_entry(self.dp, f.rev_cookie, server_ft, rev, t.idle, t.fin_idle, t.fin_hard),
-        ])
+        out = Output(
+            openflow=[
+                rules.flow_entry(self.dp, f.fwd_cookie, p.ft, fwd, t.idle, t.fin_idle, t.fin_hard),
+                rules.flow_entry(self.dp, f.rev_cookie, server_ft, rev, t.idle, t.fin_idle, t.fin_hard),
+            ]
+        )
         for in_port, data in p.held:
             out.openflow.append(self._release(in_port, data, p.ft.proto, fwd))
             f.extra_in_pkts += 1
@@ -622,20 +678,36 @@ class DfsEngine:
         if not msg.flow_id & NEWFLOW_ID_BIT:
             self._error("newflow_bad_id")
             return Output()
-        ft = FiveTuple(msg.proto, msg.orig_src_ipaddr, msg.orig_dst_ipaddr, msg.orig_src_port, msg.orig_dst_port)
+        ft = FiveTuple(
+            msg.proto, msg.orig_src_ipaddr, msg.orig_dst_ipaddr, msg.orig_src_port, msg.orig_dst_port
+        )
         if msg.proto not in (IPPROTO_TCP, IPPROTO_UDP):
             self._error("newflow_bad_proto")
             return Output()
-        if msg.flow_id in self.flows or msg.flow_id in self.pending or ft in self.flows_by_ft \
-                or ft in self.pending_by_ft:
+        if (
+            msg.flow_id in self.flows
+            or msg.flow_id in self.pending
+            or ft in self.flows_by_ft
+            or ft in self.pending_by_ft
+        ):
             self._error("newflow_duplicate")
             return Output()
         st = self._find_vs(ft)
         if st is None:
             self._error("newflow_no_vs")
             return Output()
-        p = Pending(msg.flow_id, ft, self._key_of(st), msg.tos, msg.tcp_flags, now, None, newflow=True,
-                    reply=msg, state="plan")
+        p = Pending(
+            msg.flow_id,
+            ft,
+            self._key_of(st),
+            msg.tos,
+            msg.tcp_flags,
+            now,
+            None,
+            newflow=True,
+            reply=msg,
+            state="plan",
+        )
         self.pending[p.flow_id] = p
         self.pending_by_ft[ft] = p.flow_id
         return self._plan(p, now)
@@ -645,21 +717,44 @@ class DfsEngine:
         rev_p, rev_b = pkts_bytes.get(rules.KIND_REV, (0, 0))
         total = (fwd_b + f.extra_in_bytes, rev_b, fwd_p + f.extra_in_pkts, rev_p)
         delta = tuple(max(0, a - b) for a, b in zip(total, f.reported, strict=True))
-        f.reported = (max(total[0], f.reported[0]), max(total[1], f.reported[1]),
-                      max(total[2], f.reported[2]), max(total[3], f.reported[3]))
-        return cls(orig_src_ipaddr=f.ft.src, orig_dst_ipaddr=f.ft.dst, orig_src_port=f.ft.sport,
-                   orig_dst_port=f.ft.dport, tos=f.tos, proto=f.ft.proto, flags=f.flags & 0xFF,
-                   tcp_flags=f.tcp_flags & 0xFF, inbound_bytes=delta[0], outbound_bytes=delta[1],
-                   inbound_pkts=delta[2], outbound_pkts=delta[3], flow_id=f.flow_id, error=error)
+        f.reported = (
+            max(total[0], f.reported[0]),
+            max(total[1], f.reported[1]),
+            max(total[2], f.reported[2]),
+            max(total[3], f.reported[3]),
+        )
+        return cls(
+            orig_src_ipaddr=f.ft.src,
+            orig_dst_ipaddr=f.ft.dst,
+            orig_src_port=f.ft.sport,
+            orig_dst_port=f.ft.dport,
+            tos=f.tos,
+            proto=f.ft.proto,
+            flags=f.flags & 0xFF,
+            tcp_flags=f.tcp_flags & 0xFF,
+            inbound_bytes=delta[0],
+            outbound_bytes=delta[1],
+            inbound_pkts=delta[2],
+            outbound_pkts=delta[3],
+            flow_id=f.flow_id,
+            error=error,
+        )
 
     def _reap(self, msg: Any, now: float) -> Output:
         self.counters["reaps"] += 1
         f = self.flows.get(msg.flow_id)
         if f is None:
             self._error("reap_unknown")
-            stats = ssmb.Stats(orig_src_ipaddr=msg.orig_src_ipaddr, orig_dst_ipaddr=msg.orig_dst_ipaddr,
-                               orig_src_port=msg.orig_src_port, orig_dst_port=msg.orig_dst_port, tos=msg.tos,
-                               proto=msg.proto, flow_id=msg.flow_id, error=SsmbError.UNKNOWN)
+            stats = ssmb.Stats(
+                orig_src_ipaddr=msg.orig_src_ipaddr,
+                orig_dst_ipaddr=msg.orig_dst_ipaddr,
+                orig_src_port=msg.orig_src_port,
+                orig_dst_port=msg.orig_dst_port,
+                tos=msg.tos,
+                proto=msg.proto,
+                flow_id=msg.flow_id,
+                error=SsmbError.UNKNOWN,
+            )
             return Output(ssmb=self._ssmb(stats, state_shared=True))
         if not self.switch_up:
             # Without the switch the DFS cannot tell whether the flow is idle; keep it.
@@ -673,8 +768,13 @@ class DfsEngine:
 
     def _reset_flows(self, now: float) -> Output:
         self.counters["flow_resets"] += 1
-        out = Output(openflow=[rules.delete_by_cookie(self.dp, rules.make_cookie(rules.KIND_PER_FLOW, 0, 0),
-                                                      rules.MASK_PER_FLOW)])
+        out = Output(
+            openflow=[
+                rules.delete_by_cookie(
+                    self.dp, rules.make_cookie(rules.KIND_PER_FLOW, 0, 0), rules.MASK_PER_FLOW
+                )
+            ]
+        )
         for p in list(self.pending.values()):
             self._drop_pending(p)
         self.flows.clear()
@@ -745,11 +845,13 @@ class DfsEngine:
             partner = rules.KIND_LEARN_REV if kind == rules.KIND_LEARN_FWD else rules.KIND_LEARN_FWD
             sname, dname = ("tcp_src", "tcp_dst") if seen.proto == IPPROTO_TCP else ("udp_src", "udp_dst")
             if partner == rules.KIND_LEARN_REV:
-                match = self.dp.ofproto_parser.OFPMatch(eth_type=0x0800, ip_proto=seen.proto,
-                                                        ipv4_dst=client[0], **{dname: client[1]})
+                match = self.dp.ofproto_parser.OFPMatch(
+                    eth_type=0x0800, ip_proto=seen.proto, ipv4_dst=client[0], **{dname: client[1]}
+                )
             else:
-                match = self.dp.ofproto_parser.OFPMatch(eth_type=0x0800, ip_proto=seen.proto,
-                                                        ipv4_src=client[0], **{sname: client[1]})
+                match = self.dp.ofproto_parser.OFPMatch(
+                    eth_type=0x0800, ip_proto=seen.proto, ipv4_src=client[0], **{sname: client[1]}
+                )
             cookie = rules.make_cookie(partner, rules.split_cookie(entry.cookie).epoch, index)  # type: ignore[union-attr]
             return Output(openflow=[rules.delete_by_cookie(self.dp, cookie, rules.MASK_ALL, match)])
         end.removed[kind] = (entry.packet_count, entry.byte_count)
@@ -769,12 +871,23 @@ class DfsEngine:
         fwd_p, fwd_b = end.removed.get(rules.KIND_LEARN_FWD, (0, 0))
         rev_p, rev_b = end.removed.get(rules.KIND_LEARN_REV, (0, 0))
         self.counters["dfs_assist_flows_ended"] += 1
-        msg = ssmb.Delete(orig_src_ipaddr=ft.src, orig_dst_ipaddr=ft.dst, orig_src_port=ft.sport,
-                          orig_dst_port=ft.dport, proto=proto, inbound_bytes=fwd_b, outbound_bytes=rev_b,
-                          inbound_pkts=fwd_p, outbound_pkts=rev_p, flow_id=self._alloc_flow_id())
+        msg = ssmb.Delete(
+            orig_src_ipaddr=ft.src,
+            orig_dst_ipaddr=ft.dst,
+            orig_src_port=ft.sport,
+            orig_dst_port=ft.dport,
+            proto=proto,
+            inbound_bytes=fwd_b,
+            outbound_bytes=rev_b,
+            inbound_pkts=fwd_p,
+            outbound_pkts=rev_p,
+            flow_id=self._alloc_flow_id(),
+        )
         return Output(ssmb=self._ssmb(msg, state_shared=True))
 
-    def flow_stats_reply(self, cookie: int, mask: int, entries: Iterable[FlowEntryStats], now: float) -> Output:
+    def flow_stats_reply(
+        self, cookie: int, mask: int, entries: Iterable[FlowEntryStats], now: float
+    ) -> Output:
         """Answer to a flow-stats request the engine made (identified by its cookie and mask)."""
         entries = list(entries)
         if mask == rules.MASK_PER_FLOW:
@@ -825,9 +938,15 @@ class DfsEngine:
             fwd, rev = kinds.get(rules.KIND_FWD), kinds.get(rules.KIND_REV)
             ft = rules.five_tuple_from_match(fwd.match) if fwd else None
             sft = rules.five_tuple_from_match(rev.match) if rev else None
-            if (epoch != self.epoch and f is None and ft is not None and sft is not None
-                    and ft not in self.flows_by_ft and sft not in self.flows_by_server_ft
-                    and ident not in self.pending):
+            if (
+                epoch != self.epoch
+                and f is None
+                and ft is not None
+                and sft is not None
+                and ft not in self.flows_by_ft
+                and sft not in self.flows_by_server_ft
+                and ident not in self.pending
+            ):
                 nf = Flow(ident, epoch, ft, sft, 0, 0, 0, None, now)
                 self.flows[ident] = nf
                 self.flows_by_ft[ft] = ident
@@ -836,8 +955,11 @@ class DfsEngine:
                 self.counters["audit_adopted"] += 1
                 continue
             self.counters["audit_deleted"] += 1
-            out.openflow.append(rules.delete_by_cookie(self.dp, rules.make_cookie(rules.KIND_FWD, epoch, ident),
-                                                       rules.MASK_FLOW))
+            out.openflow.append(
+                rules.delete_by_cookie(
+                    self.dp, rules.make_cookie(rules.KIND_FWD, epoch, ident), rules.MASK_FLOW
+                )
+            )
         for f in [f for fid, f in self.flows.items() if fid not in seen]:
             # The switch lost these entries (it restarted): the flows are over.
             self.counters["audit_lost"] += 1
@@ -888,17 +1010,20 @@ class DfsEngine:
             w.tries += 1
             w.next_at = now + t.arp
             out.openflow.append(self._arp_request(w.intf, ipaddr))
-        for f in [f for f in self.flows.values() if f.closing_deadline is not None and now >= f.closing_deadline]:
+        for f in [
+            f for f in self.flows.values() if f.closing_deadline is not None and now >= f.closing_deadline
+        ]:
             self._error("partner_removal_timeout")
             out.extend(self._finish_flow(f))
         for key, end in [(k, e) for k, e in self.learned.items() if now >= e.deadline]:
             out.extend(self._finish_learned(key, end))
-        for fid, w in [(k, w) for k, w in self.reaps.items() if now >= w.deadline]:
+        for fid in [k for k, rw in self.reaps.items() if now >= rw.deadline]:
             del self.reaps[fid]
             self._error("reap_stats_timeout")
-            f = self.flows.get(fid)
-            if f is not None:
-                out.ssmb += self._ssmb(self._stats_msg(f, {}, ssmb.Stats, SsmbError.CONNALIVE), True)
+            reaped = self.flows.get(fid)
+            if reaped is not None:
+                stats = self._stats_msg(reaped, {}, ssmb.Stats, SsmbError.CONNALIVE)
+                out.ssmb += self._ssmb(stats, True)
         return out
 
     # ------------------------------------------------------------------ CSMB
@@ -908,9 +1033,14 @@ class DfsEngine:
         self.csmb_up = True
         self.hello_acked = False
         self.counters["csmb_connects"] += 1
-        hello = csmb.Hello(ssmb_active_ipaddr=self.cfg.mgmt_ipaddr, ssmb_standby_ipaddr=ZERO_IP, flags=0,
-                           vers_major=PROTOCOL_VERSION[0], vers_minor=PROTOCOL_VERSION[1],
-                           ssmb_port=self.cfg.ssmb_port)
+        hello = csmb.Hello(
+            ssmb_active_ipaddr=self.cfg.mgmt_ipaddr,
+            ssmb_standby_ipaddr=ZERO_IP,
+            flags=0,
+            vers_major=PROTOCOL_VERSION[0],
+            vers_minor=PROTOCOL_VERSION[1],
+            ssmb_port=self.cfg.ssmb_port,
+        )
         return Output(csmb=[hello])
 
     def csmb_disconnected(self, now: float) -> Output:
@@ -943,9 +1073,13 @@ class DfsEngine:
             key = self._key(msg.vs.proto, msg.vs.virt_ipaddr, msg.vs.virt_port, VsFlag(msg.vs.flags))
             return self._remove_vs(key) if key in self.vservers else Output()
         if isinstance(msg, csmb.QueryVs):
-            servers = [st.vs for st in self.vservers.values() if msg.vs is None or (
-                st.vs.virt_ipaddr, st.vs.virt_port, st.vs.proto) == (
-                msg.vs.virt_ipaddr, msg.vs.virt_port, msg.vs.proto)]
+            servers = [
+                st.vs
+                for st in self.vservers.values()
+                if msg.vs is None
+                or (st.vs.virt_ipaddr, st.vs.virt_port, st.vs.proto)
+                == (msg.vs.virt_ipaddr, msg.vs.virt_port, msg.vs.proto)
+            ]
             return Output(csmb=[csmb.VsList(servers=tuple(servers))])
         self._error(f"csmb_unexpected.{type(msg).__name__}")
         return Output()
@@ -968,15 +1102,22 @@ class DfsEngine:
 
     @staticmethod
     def _key(proto: int, vip: str, vport: int, flags: VsFlag) -> VsKey:
-        return VsKey(proto, ZERO_IP if flags & VsFlag.WILDCARD_ADDR else vip,
-                     0 if flags & VsFlag.WILDCARD_PORT else vport)
+        return VsKey(
+            proto,
+            ZERO_IP if flags & VsFlag.WILDCARD_ADDR else vip,
+            0 if flags & VsFlag.WILDCARD_PORT else vport,
+        )
 
     def _key_of(self, st: VsState) -> VsKey:
         return self._key(st.vs.proto, st.vs.virt_ipaddr, st.vs.virt_port, st.flags)
 
     def _find_vs(self, ft: FiveTuple) -> VsState | None:
-        for key in (VsKey(ft.proto, ft.dst, ft.dport), VsKey(ft.proto, ft.dst, 0),
-                    VsKey(ft.proto, ZERO_IP, ft.dport), VsKey(ft.proto, ZERO_IP, 0)):
+        for key in (
+            VsKey(ft.proto, ft.dst, ft.dport),
+            VsKey(ft.proto, ft.dst, 0),
+            VsKey(ft.proto, ZERO_IP, ft.dport),
+            VsKey(ft.proto, ZERO_IP, 0),
+        ):
             st = self.vservers.get(key)
             if st is not None:
                 return st
@@ -1049,18 +1190,40 @@ class DfsEngine:
                 else:
                     command = ofp.OFPGC_MODIFY
                 t = self.cfg.timeouts
-                out.openflow.append(rules.pool_group(
-                    self.dp, command, st.index, self.epoch, st.index, vs.proto, targets,
-                    bool(flags & VsFlag.TRANSLATE_ADDR), bool(flags & VsFlag.TRANSLATE_PORT),
-                    t.idle, t.fin_idle, t.fin_hard))
+                out.openflow.append(
+                    rules.pool_group(
+                        self.dp,
+                        command,
+                        st.index,
+                        self.epoch,
+                        st.index,
+                        vs.proto,
+                        targets,
+                        bool(flags & VsFlag.TRANSLATE_ADDR),
+                        bool(flags & VsFlag.TRANSLATE_PORT),
+                        t.idle,
+                        t.fin_idle,
+                        t.fin_hard,
+                    )
+                )
                 group_id = st.index
             elif not targets and st.targets:
                 out.openflow.append(rules.group_delete(self.dp, st.index))
             st.targets = targets
         if self.switch_up:
-            out.openflow.append(rules.vs_entry(self.dp, self.epoch, st.index, vs.proto, vs.virt_ipaddr, vs.virt_port,
-                                               bool(flags & VsFlag.WILDCARD_ADDR), bool(flags & VsFlag.WILDCARD_PORT),
-                                               group_id))
+            out.openflow.append(
+                rules.vs_entry(
+                    self.dp,
+                    self.epoch,
+                    st.index,
+                    vs.proto,
+                    vs.virt_ipaddr,
+                    vs.virt_port,
+                    bool(flags & VsFlag.WILDCARD_ADDR),
+                    bool(flags & VsFlag.WILDCARD_PORT),
+                    group_id,
+                )
+            )
         return out
 
     def _remove_vs(self, key: VsKey) -> Output:

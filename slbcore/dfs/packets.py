@@ -62,7 +62,7 @@ def checksum(data: bytes) -> int:
     """The Internet checksum (RFC 1071)."""
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -152,8 +152,21 @@ def _parse_ipv4(body: bytes) -> Ip4:
         doff = (off_flags >> 12) * 4
         if doff < 20 or doff > len(payload):
             raise PacketError("bad_tcp", "data offset")
-        return Ip4(src, dst, proto, tos, ttl, header, payload, sport, dport, off_flags & 0x1FF, seq, ack,
-                   len(payload) - doff)
+        return Ip4(
+            src,
+            dst,
+            proto,
+            tos,
+            ttl,
+            header,
+            payload,
+            sport,
+            dport,
+            off_flags & 0x1FF,
+            seq,
+            ack,
+            len(payload) - doff,
+        )
     if proto == IPPROTO_UDP:
         if len(payload) < 8:
             raise PacketError("short_udp", f"{len(payload)} octets")
@@ -163,8 +176,9 @@ def _parse_ipv4(body: bytes) -> Ip4:
 
 
 def _ipv4_header(src: str, dst: str, proto: int, payload_len: int, ttl: int = 64, tos: int = 0) -> bytes:
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, tos, 20 + payload_len, 0, 0x4000, ttl, proto, 0,
-                      ip_bytes(src), ip_bytes(dst))
+    hdr = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, tos, 20 + payload_len, 0, 0x4000, ttl, proto, 0, ip_bytes(src), ip_bytes(dst)
+    )
     return hdr[:10] + struct.pack("!H", checksum(hdr)) + hdr[12:]
 
 
@@ -175,23 +189,50 @@ def _ethernet(src: str, dst: str, eth_type: int, payload: bytes) -> bytes:
 
 def build_arp(op: int, sha: str, spa: str, tha: str, tpa: str, eth_dst: str | None = None) -> bytes:
     """An ARP request or reply frame (request: broadcast unless ``eth_dst`` is given)."""
-    body = struct.pack("!HHBBH6s4s6s4s", 1, ETH_TYPE_IPV4, 6, 4, op, mac_bytes(sha), ip_bytes(spa),
-                       mac_bytes(tha), ip_bytes(tpa))
+    body = struct.pack(
+        "!HHBBH6s4s6s4s",
+        1,
+        ETH_TYPE_IPV4,
+        6,
+        4,
+        op,
+        mac_bytes(sha),
+        ip_bytes(spa),
+        mac_bytes(tha),
+        ip_bytes(tpa),
+    )
     dst = eth_dst or (BROADCAST_MAC if op == ARP_REQUEST else tha)
     return _ethernet(sha, dst, ETH_TYPE_ARP, body)
 
 
-def build_tcp(eth_src: str, eth_dst: str, src: str, dst: str, sport: int, dport: int, seq: int, ack: int,
-              flags: int, payload: bytes = b"", window: int = 0) -> bytes:
+def build_tcp(
+    eth_src: str,
+    eth_dst: str,
+    src: str,
+    dst: str,
+    sport: int,
+    dport: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    payload: bytes = b"",
+    window: int = 0,
+) -> bytes:
     """A TCP segment in an IPv4 packet in an Ethernet frame, checksums filled in."""
-    tcp = struct.pack("!HHIIHHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, (5 << 12) | flags,
-                      window, 0, 0) + payload
+    tcp = (
+        struct.pack(
+            "!HHIIHHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, (5 << 12) | flags, window, 0, 0
+        )
+        + payload
+    )
     pseudo = ip_bytes(src) + ip_bytes(dst) + struct.pack("!BBH", 0, IPPROTO_TCP, len(tcp))
     tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
     return _ethernet(eth_src, eth_dst, ETH_TYPE_IPV4, _ipv4_header(src, dst, IPPROTO_TCP, len(tcp)) + tcp)
 
 
-def build_udp(eth_src: str, eth_dst: str, src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
+def build_udp(
+    eth_src: str, eth_dst: str, src: str, dst: str, sport: int, dport: int, payload: bytes
+) -> bytes:
     """A UDP datagram in an IPv4 packet in an Ethernet frame, checksums filled in."""
     udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
     pseudo = ip_bytes(src) + ip_bytes(dst) + struct.pack("!BBH", 0, IPPROTO_UDP, len(udp))
@@ -207,8 +248,9 @@ def build_rst_for(frame: Frame, eth_src: str) -> bytes:
     if ip.tcp_flags & TCP_ACK:
         return build_tcp(eth_src, frame.eth_src, ip.dst, ip.src, ip.dport, ip.sport, ip.tcp_ack, 0, TCP_RST)
     seg_len = ip.l4_payload_len + (1 if ip.tcp_flags & TCP_SYN else 0) + (1 if ip.tcp_flags & TCP_FIN else 0)
-    return build_tcp(eth_src, frame.eth_src, ip.dst, ip.src, ip.dport, ip.sport, 0, ip.tcp_seq + seg_len,
-                     TCP_RST | TCP_ACK)
+    return build_tcp(
+        eth_src, frame.eth_src, ip.dst, ip.src, ip.dport, ip.sport, 0, ip.tcp_seq + seg_len, TCP_RST | TCP_ACK
+    )
 
 
 def build_icmp_unreachable(frame: Frame, eth_src: str, code: int) -> bytes:
@@ -218,4 +260,6 @@ def build_icmp_unreachable(frame: Frame, eth_src: str, code: int) -> bytes:
     quote = ip.header + ip.payload[:8]
     icmp = struct.pack("!BBHI", ICMP_UNREACH, code, 0, 0) + quote
     icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
-    return _ethernet(eth_src, frame.eth_src, ETH_TYPE_IPV4, _ipv4_header(ip.dst, ip.src, IPPROTO_ICMP, len(icmp)) + icmp)
+    return _ethernet(
+        eth_src, frame.eth_src, ETH_TYPE_IPV4, _ipv4_header(ip.dst, ip.src, IPPROTO_ICMP, len(icmp)) + icmp
+    )

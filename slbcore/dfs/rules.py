@@ -100,8 +100,12 @@ def match_five_tuple(dp: Any, ft: FiveTuple) -> Any:
     """An exact match on one direction of a flow."""
     sname, dname = _l4_names(ft.proto)
     kwargs: dict[str, Any] = {
-        "eth_type": 0x0800, "ip_proto": ft.proto, "ipv4_src": ft.src, "ipv4_dst": ft.dst,
-        sname: ft.sport, dname: ft.dport,
+        "eth_type": 0x0800,
+        "ip_proto": ft.proto,
+        "ipv4_src": ft.src,
+        "ipv4_dst": ft.dst,
+        sname: ft.sport,
+        dname: ft.dport,
     }
     return dp.ofproto_parser.OFPMatch(**kwargs)
 
@@ -113,8 +117,9 @@ def five_tuple_from_match(fields: dict[str, Any]) -> FiveTuple | None:
         return None
     sname, dname = _l4_names(proto)
     try:
-        return FiveTuple(proto, str(fields["ipv4_src"]), str(fields["ipv4_dst"]), int(fields[sname]),
-                         int(fields[dname]))
+        return FiveTuple(
+            proto, str(fields["ipv4_src"]), str(fields["ipv4_dst"]), int(fields[sname]), int(fields[dname])
+        )
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -155,29 +160,56 @@ def rewrite_actions(dp: Any, proto: int, rw: Rewrite, fin_idle: int = 0, fin_har
     return acts
 
 
-def flow_entry(dp: Any, cookie: int, ft: FiveTuple, rw: Rewrite, idle: int, fin_idle: int = 0,
-               fin_hard: int = 0) -> Any:
+def flow_entry(
+    dp: Any, cookie: int, ft: FiveTuple, rw: Rewrite, idle: int, fin_idle: int = 0, fin_hard: int = 0
+) -> Any:
     """The flow-mod for one direction of an offloaded flow."""
     ofp, p = dp.ofproto, dp.ofproto_parser
-    inst = [p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, rewrite_actions(dp, ft.proto, rw, fin_idle, fin_hard))]
-    return p.OFPFlowMod(dp, cookie=cookie, command=ofp.OFPFC_ADD, idle_timeout=idle, hard_timeout=0,
-                        priority=PRIO_FLOW, buffer_id=ofp.OFP_NO_BUFFER, out_port=ofp.OFPP_ANY,
-                        out_group=ofp.OFPG_ANY, flags=ofp.OFPFF_SEND_FLOW_REM, match=match_five_tuple(dp, ft),
-                        instructions=inst)
+    inst = [
+        p.OFPInstructionActions(
+            ofp.OFPIT_APPLY_ACTIONS, rewrite_actions(dp, ft.proto, rw, fin_idle, fin_hard)
+        )
+    ]
+    return p.OFPFlowMod(
+        dp,
+        cookie=cookie,
+        command=ofp.OFPFC_ADD,
+        idle_timeout=idle,
+        hard_timeout=0,
+        priority=PRIO_FLOW,
+        buffer_id=ofp.OFP_NO_BUFFER,
+        out_port=ofp.OFPP_ANY,
+        out_group=ofp.OFPG_ANY,
+        flags=ofp.OFPFF_SEND_FLOW_REM,
+        match=match_five_tuple(dp, ft),
+        instructions=inst,
+    )
 
 
 def to_controller(dp: Any) -> list[Any]:
     """Apply-actions instruction sending the whole packet to the controller."""
     ofp, p = dp.ofproto, dp.ofproto_parser
-    return [p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS,
-                                    [p.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)])]
+    return [
+        p.OFPInstructionActions(
+            ofp.OFPIT_APPLY_ACTIONS, [p.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)]
+        )
+    ]
 
 
 def add_entry(dp: Any, cookie: int, priority: int, match: Any, instructions: list[Any]) -> Any:
     """A permanent flow-mod (no timeouts)."""
     ofp, p = dp.ofproto, dp.ofproto_parser
-    return p.OFPFlowMod(dp, cookie=cookie, command=ofp.OFPFC_ADD, priority=priority, buffer_id=ofp.OFP_NO_BUFFER,
-                        out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=match, instructions=instructions)
+    return p.OFPFlowMod(
+        dp,
+        cookie=cookie,
+        command=ofp.OFPFC_ADD,
+        priority=priority,
+        buffer_id=ofp.OFP_NO_BUFFER,
+        out_port=ofp.OFPP_ANY,
+        out_group=ofp.OFPG_ANY,
+        match=match,
+        instructions=instructions,
+    )
 
 
 def base_entries(dp: Any, epoch: int) -> list[Any]:
@@ -185,15 +217,22 @@ def base_entries(dp: Any, epoch: int) -> list[Any]:
     p = dp.ofproto_parser
     return [
         add_entry(dp, make_cookie(KIND_INFRA, epoch, 0), PRIO_MISS, p.OFPMatch(), []),
-        add_entry(dp, make_cookie(KIND_INFRA, epoch, 1), PRIO_ARP, p.OFPMatch(eth_type=0x0806), to_controller(dp)),
+        add_entry(
+            dp, make_cookie(KIND_INFRA, epoch, 1), PRIO_ARP, p.OFPMatch(eth_type=0x0806), to_controller(dp)
+        ),
     ]
 
 
 def own_address_entry(dp: Any, epoch: int, ipaddr: str, index: int) -> Any:
     """Drop IP traffic to the DFS's own interface address, so a wildcard VS never claims it."""
     p = dp.ofproto_parser
-    return add_entry(dp, make_cookie(KIND_INFRA, epoch, 0x100 + index), PRIO_OWN_ADDR,
-                     p.OFPMatch(eth_type=0x0800, ipv4_dst=ipaddr), [])
+    return add_entry(
+        dp,
+        make_cookie(KIND_INFRA, epoch, 0x100 + index),
+        PRIO_OWN_ADDR,
+        p.OFPMatch(eth_type=0x0800, ipv4_dst=ipaddr),
+        [],
+    )
 
 
 def vs_priority(wild_addr: bool, wild_port: bool) -> int:
@@ -211,16 +250,30 @@ def vs_match(dp: Any, proto: int, vip: str, vport: int, wild_addr: bool, wild_po
     return dp.ofproto_parser.OFPMatch(**kwargs)
 
 
-def vs_entry(dp: Any, epoch: int, index: int, proto: int, vip: str, vport: int, wild_addr: bool, wild_port: bool,
-             group_id: int | None) -> Any:
+def vs_entry(
+    dp: Any,
+    epoch: int,
+    index: int,
+    proto: int,
+    vip: str,
+    vport: int,
+    wild_addr: bool,
+    wild_port: bool,
+    group_id: int | None,
+) -> Any:
     """Dispatch entry for a virtual server: to the controller (CS_ASSIST) or to its group (DFS_ASSIST)."""
     ofp, p = dp.ofproto, dp.ofproto_parser
     if group_id is None:
         inst = to_controller(dp)
     else:
         inst = [p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, [p.OFPActionGroup(group_id)])]
-    return add_entry(dp, make_cookie(KIND_DISPATCH, epoch, index), vs_priority(wild_addr, wild_port),
-                     vs_match(dp, proto, vip, vport, wild_addr, wild_port), inst)
+    return add_entry(
+        dp,
+        make_cookie(KIND_DISPATCH, epoch, index),
+        vs_priority(wild_addr, wild_port),
+        vs_match(dp, proto, vip, vport, wild_addr, wild_port),
+        inst,
+    )
 
 
 def vs_entry_delete(dp: Any, epoch: int, index: int) -> Any:
@@ -232,16 +285,32 @@ def vs_entry_delete(dp: Any, epoch: int, index: int) -> Any:
 def delete_by_cookie(dp: Any, cookie: int, mask: int, match: Any = None) -> Any:
     """Delete every entry whose cookie matches under ``mask`` (and ``match``, if given)."""
     ofp, p = dp.ofproto, dp.ofproto_parser
-    return p.OFPFlowMod(dp, cookie=cookie, cookie_mask=mask, table_id=ofp.OFPTT_ALL, command=ofp.OFPFC_DELETE,
-                        out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=match or p.OFPMatch())
+    return p.OFPFlowMod(
+        dp,
+        cookie=cookie,
+        cookie_mask=mask,
+        table_id=ofp.OFPTT_ALL,
+        command=ofp.OFPFC_DELETE,
+        out_port=ofp.OFPP_ANY,
+        out_group=ofp.OFPG_ANY,
+        match=match or p.OFPMatch(),
+    )
 
 
 def delete_strict(dp: Any, cookie: int, ft: FiveTuple) -> Any:
     """Delete exactly one per-flow entry."""
     ofp, p = dp.ofproto, dp.ofproto_parser
-    return p.OFPFlowMod(dp, cookie=cookie, cookie_mask=MASK_ALL, table_id=0, command=ofp.OFPFC_DELETE_STRICT,
-                        priority=PRIO_FLOW, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
-                        match=match_five_tuple(dp, ft))
+    return p.OFPFlowMod(
+        dp,
+        cookie=cookie,
+        cookie_mask=MASK_ALL,
+        table_id=0,
+        command=ofp.OFPFC_DELETE_STRICT,
+        priority=PRIO_FLOW,
+        out_port=ofp.OFPP_ANY,
+        out_group=ofp.OFPG_ANY,
+        match=match_five_tuple(dp, ft),
+    )
 
 
 def flow_stats_request(dp: Any, cookie: int, mask: int) -> Any:
@@ -255,8 +324,9 @@ def packet_out(dp: Any, in_port: int, data: bytes, out_port: int | None = None) 
     ofp, p = dp.ofproto, dp.ofproto_parser
     port = ofp.OFPP_TABLE if out_port is None else out_port
     in_p = in_port if in_port else ofp.OFPP_CONTROLLER
-    return p.OFPPacketOut(dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=in_p, actions=[p.OFPActionOutput(port, 0)],
-                          data=data)
+    return p.OFPPacketOut(
+        dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=in_p, actions=[p.OFPActionOutput(port, 0)], data=data
+    )
 
 
 def _ip_int(ip: str) -> int:
@@ -279,61 +349,91 @@ class PoolTarget:
     out_port: int
 
 
-def learn_actions(dp: Any, epoch: int, index: int, proto: int, target: PoolTarget, translate_addr: bool,
-                  translate_port: bool, idle: int, fin_idle: int, fin_hard: int) -> list[Any]:
+def learn_actions(
+    dp: Any,
+    epoch: int,
+    index: int,
+    proto: int,
+    target: PoolTarget,
+    translate_addr: bool,
+    translate_port: bool,
+    idle: int,
+    fin_idle: int,
+    fin_hard: int,
+) -> list[Any]:
     """Learn actions installing a connection's forward and reverse entries from its first packet."""
     p = dp.ofproto_parser
     sname, dname = ("tcp_src_nxm", "tcp_dst_nxm") if proto == IPPROTO_TCP else ("udp_src_nxm", "udp_dst_nxm")
-    M, L, O = p.NXFlowSpecMatch, p.NXFlowSpecLoad, p.NXFlowSpecOutput
-    common = [M(src=0x0800, dst=("eth_type_nxm", 0), n_bits=16), M(src=proto, dst=("ip_proto_nxm", 0), n_bits=8)]
-    fwd = common + [
-        M(src=("ipv4_src_nxm", 0), dst=("ipv4_src_nxm", 0), n_bits=32),
-        M(src=("ipv4_dst_nxm", 0), dst=("ipv4_dst_nxm", 0), n_bits=32),
-        M(src=(sname, 0), dst=(sname, 0), n_bits=16),
-        M(src=(dname, 0), dst=(dname, 0), n_bits=16),
+    match_spec, load_spec, output_spec = p.NXFlowSpecMatch, p.NXFlowSpecLoad, p.NXFlowSpecOutput
+    common = [
+        match_spec(src=0x0800, dst=("eth_type_nxm", 0), n_bits=16),
+        match_spec(src=proto, dst=("ip_proto_nxm", 0), n_bits=8),
+    ]
+    fwd = [
+        *common,
+        match_spec(src=("ipv4_src_nxm", 0), dst=("ipv4_src_nxm", 0), n_bits=32),
+        match_spec(src=("ipv4_dst_nxm", 0), dst=("ipv4_dst_nxm", 0), n_bits=32),
+        match_spec(src=(sname, 0), dst=(sname, 0), n_bits=16),
+        match_spec(src=(dname, 0), dst=(dname, 0), n_bits=16),
     ]
     if translate_addr:
-        fwd.append(L(src=_ip_int(target.ipaddr), dst=("ipv4_dst_nxm", 0), n_bits=32))
+        fwd.append(load_spec(src=_ip_int(target.ipaddr), dst=("ipv4_dst_nxm", 0), n_bits=32))
     if translate_port:
-        fwd.append(L(src=target.port, dst=(dname, 0), n_bits=16))
+        fwd.append(load_spec(src=target.port, dst=(dname, 0), n_bits=16))
     fwd += [
-        L(src=_mac_int(target.eth_src), dst=("eth_src_nxm", 0), n_bits=48),
-        L(src=_mac_int(target.eth_dst), dst=("eth_dst_nxm", 0), n_bits=48),
-        O(src=("reg0", 0), n_bits=32),
+        load_spec(src=_mac_int(target.eth_src), dst=("eth_src_nxm", 0), n_bits=48),
+        load_spec(src=_mac_int(target.eth_dst), dst=("eth_dst_nxm", 0), n_bits=48),
+        output_spec(src=("reg0", 0), n_bits=32),
     ]
     rev = list(common)
     if translate_addr:
-        rev.append(M(src=_ip_int(target.ipaddr), dst=("ipv4_src_nxm", 0), n_bits=32))
+        rev.append(match_spec(src=_ip_int(target.ipaddr), dst=("ipv4_src_nxm", 0), n_bits=32))
     else:
-        rev.append(M(src=("ipv4_dst_nxm", 0), dst=("ipv4_src_nxm", 0), n_bits=32))
-    rev.append(M(src=("ipv4_src_nxm", 0), dst=("ipv4_dst_nxm", 0), n_bits=32))
+        rev.append(match_spec(src=("ipv4_dst_nxm", 0), dst=("ipv4_src_nxm", 0), n_bits=32))
+    rev.append(match_spec(src=("ipv4_src_nxm", 0), dst=("ipv4_dst_nxm", 0), n_bits=32))
     if translate_port:
-        rev.append(M(src=target.port, dst=(sname, 0), n_bits=16))
+        rev.append(match_spec(src=target.port, dst=(sname, 0), n_bits=16))
     else:
-        rev.append(M(src=(dname, 0), dst=(sname, 0), n_bits=16))
-    rev.append(M(src=(sname, 0), dst=(dname, 0), n_bits=16))
+        rev.append(match_spec(src=(dname, 0), dst=(sname, 0), n_bits=16))
+    rev.append(match_spec(src=(sname, 0), dst=(dname, 0), n_bits=16))
     if translate_addr:
-        rev.append(L(src=("ipv4_dst_nxm", 0), dst=("ipv4_src_nxm", 0), n_bits=32))
+        rev.append(load_spec(src=("ipv4_dst_nxm", 0), dst=("ipv4_src_nxm", 0), n_bits=32))
     if translate_port:
-        rev.append(L(src=(dname, 0), dst=(sname, 0), n_bits=16))
+        rev.append(load_spec(src=(dname, 0), dst=(sname, 0), n_bits=16))
     rev += [
         # the client-side MACs: our MAC is what the client addressed, its MAC is what it sent from
-        L(src=("eth_dst_nxm", 0), dst=("eth_src_nxm", 0), n_bits=48),
-        L(src=("eth_src_nxm", 0), dst=("eth_dst_nxm", 0), n_bits=48),
-        O(src=("in_port_nxm", 0), n_bits=16),
+        load_spec(src=("eth_dst_nxm", 0), dst=("eth_src_nxm", 0), n_bits=48),
+        load_spec(src=("eth_src_nxm", 0), dst=("eth_dst_nxm", 0), n_bits=48),
+        output_spec(src=("in_port_nxm", 0), n_bits=16),
     ]
     tcp = proto == IPPROTO_TCP
-    kw = {"idle_timeout": idle, "priority": PRIO_FLOW, "flags": FLOW_REM_SEND,
-          "fin_idle_timeout": fin_idle if tcp else 0, "fin_hard_timeout": fin_hard if tcp else 0}
+    kw = {
+        "idle_timeout": idle,
+        "priority": PRIO_FLOW,
+        "flags": FLOW_REM_SEND,
+        "fin_idle_timeout": fin_idle if tcp else 0,
+        "fin_hard_timeout": fin_hard if tcp else 0,
+    }
     return [
         p.NXActionLearn(table_id=0, specs=fwd, cookie=make_cookie(KIND_LEARN_FWD, epoch, index), **kw),
         p.NXActionLearn(table_id=0, specs=rev, cookie=make_cookie(KIND_LEARN_REV, epoch, index), **kw),
     ]
 
 
-def pool_group(dp: Any, command: int, group_id: int, epoch: int, index: int, proto: int,
-               targets: list[PoolTarget], translate_addr: bool, translate_port: bool, idle: int,
-               fin_idle: int, fin_hard: int) -> Any:
+def pool_group(
+    dp: Any,
+    command: int,
+    group_id: int,
+    epoch: int,
+    index: int,
+    proto: int,
+    targets: list[PoolTarget],
+    translate_addr: bool,
+    translate_port: bool,
+    idle: int,
+    fin_idle: int,
+    fin_hard: int,
+) -> Any:
     """A select group with one weighted bucket per reachable pool member.
 
     OVS hashes each new connection to a bucket (its default for OpenFlow 1.3 select groups is
@@ -345,15 +445,23 @@ def pool_group(dp: Any, command: int, group_id: int, epoch: int, index: int, pro
     buckets = []
     for t in targets:
         acts: list[Any] = [p.OFPActionSetField(reg0=t.out_port)]
-        acts += learn_actions(dp, epoch, index, proto, t, translate_addr, translate_port, idle, fin_idle, fin_hard)
+        acts += learn_actions(
+            dp, epoch, index, proto, t, translate_addr, translate_port, idle, fin_idle, fin_hard
+        )
         if translate_addr:
             acts.append(p.OFPActionSetField(ipv4_dst=t.ipaddr))
         if translate_port:
             acts.append(p.OFPActionSetField(**{dname: t.port}))
-        acts += [p.OFPActionSetField(eth_src=t.eth_src), p.OFPActionSetField(eth_dst=t.eth_dst),
-                 p.OFPActionOutput(t.out_port, 0)]
-        buckets.append(p.OFPBucket(weight=max(1, t.weight), watch_port=ofp.OFPP_ANY, watch_group=ofp.OFPG_ANY,
-                                   actions=acts))
+        acts += [
+            p.OFPActionSetField(eth_src=t.eth_src),
+            p.OFPActionSetField(eth_dst=t.eth_dst),
+            p.OFPActionOutput(t.out_port, 0),
+        ]
+        buckets.append(
+            p.OFPBucket(
+                weight=max(1, t.weight), watch_port=ofp.OFPP_ANY, watch_group=ofp.OFPG_ANY, actions=acts
+            )
+        )
     del sname
     return p.OFPGroupMod(dp, command=command, type_=ofp.OFPGT_SELECT, group_id=group_id, buckets=buckets)
 

@@ -70,8 +70,10 @@ def test_csmb_hello_then_configuration() -> None:
 
         def cs_factory() -> CsmbConnection:
             negotiator = HelloNegotiator(
-                ssmb_active_ipaddr="127.0.0.1", ssmb_port=7700,
-                flags=VsFlag.APP_PROXY, versions=[(1, 0)],
+                ssmb_active_ipaddr="127.0.0.1",
+                ssmb_port=7700,
+                flags=VsFlag.APP_PROXY,
+                versions=[(1, 0)],
             )
             conn = CsmbConnection(cs_message, negotiator=negotiator, on_established=cs_established)
             cs_conns.append(conn)
@@ -83,9 +85,9 @@ def test_csmb_hello_then_configuration() -> None:
             ssmb_active_ipaddr="127.0.0.1", ssmb_port=17700, versions=[(1, 0), (1, 1)]
         )
         dfs = await open_csmb_connection(
-            LOCAL, port,
-            lambda: CsmbConnection(lambda c, m: dfs_seen.append(m), negotiator=dfs_negotiator,
-                                   initiate=True),
+            LOCAL,
+            port,
+            lambda: CsmbConnection(lambda c, m: dfs_seen.append(m), negotiator=dfs_negotiator, initiate=True),
         )
         try:
             await until(lambda: dfs_negotiator.established and len(dfs_seen) >= 2)
@@ -103,7 +105,7 @@ def test_csmb_hello_then_configuration() -> None:
             assert [m.serial_global for m in dfs_seen[:2]] == [3, 4]
             dfs.send(QueryVs())
             await until(lambda: any(isinstance(m, VsList) for m in dfs_seen))
-            assert [m for m in dfs_seen if isinstance(m, VsList)][0].servers == (VS,)
+            assert next(m for m in dfs_seen if isinstance(m, VsList)).servers == (VS,)
             assert cs_seen == [QueryVs(serial_global=cs_seen[0].serial_global, serial_bytype=0)]
         finally:
             dfs.close()
@@ -151,15 +153,26 @@ def test_ssmb_query_reply_batched_stats_and_garbage() -> None:
             cs_seen.append((msg, sender))
             if isinstance(msg, Query):
                 assert cs is not None
-                cs.send(Reply(msg.orig_src_ipaddr, msg.orig_dst_ipaddr, msg.orig_src_port,
-                              msg.orig_dst_port, new_dst_ipaddr="10.0.2.1", new_dst_port=8080,
-                              flow_id=msg.flow_id), sender)
+                cs.send(
+                    Reply(
+                        msg.orig_src_ipaddr,
+                        msg.orig_dst_ipaddr,
+                        msg.orig_src_port,
+                        msg.orig_dst_port,
+                        new_dst_ipaddr="10.0.2.1",
+                        new_dst_port=8080,
+                        flow_id=msg.flow_id,
+                    ),
+                    sender,
+                )
 
         cs = await open_ssmb_endpoint((LOCAL, 0), cs_message)
         retransmitter = QueryRetransmitter(tries=3, interval=1.0)
         dfs = await open_ssmb_endpoint(
-            (LOCAL, 0), lambda m, s: dfs_seen.append(m),
-            sender=SsmbSender(batch_delay=0.05), retransmitter=retransmitter,
+            (LOCAL, 0),
+            lambda m, s: dfs_seen.append(m),
+            sender=SsmbSender(batch_delay=0.05),
+            retransmitter=retransmitter,
         )
         garbage = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
@@ -172,15 +185,25 @@ def test_ssmb_query_reply_batched_stats_and_garbage() -> None:
 
             # CS reaps three flows; they leave as one batch.
             for flow_id in (1, 2, 3):
-                cs.send(Reap("192.0.2.7", "10.0.0.100", 40000 + flow_id, 80, flow_id=flow_id),
-                        dfs.local_address)
+                cs.send(
+                    Reap("192.0.2.7", "10.0.0.100", 40000 + flow_id, 80, flow_id=flow_id), dfs.local_address
+                )
             await until(lambda: len(dfs_seen) == 4)
             assert dfs.receiver.counters["datagrams"] == 2  # the REPLY, then one batch
             # DFS answers with STATS, batched within its 50 ms delay.
             for flow_id in (1, 2, 3):
-                dfs.send(Stats("192.0.2.7", "10.0.0.100", 40000 + flow_id, 80, inbound_bytes=100,
-                               flow_id=flow_id, error=SsmbError.CONNALIVE if flow_id == 2 else 0),
-                         cs.local_address)
+                dfs.send(
+                    Stats(
+                        "192.0.2.7",
+                        "10.0.0.100",
+                        40000 + flow_id,
+                        80,
+                        inbound_bytes=100,
+                        flow_id=flow_id,
+                        error=SsmbError.CONNALIVE if flow_id == 2 else 0,
+                    ),
+                    cs.local_address,
+                )
             await until(lambda: sum(isinstance(m, Stats) for m, _ in cs_seen) == 3)
             assert cs.receiver.counters["datagrams"] == 2  # the QUERY, then one STATS batch
 
@@ -206,7 +229,8 @@ def test_ssmb_unanswered_query_is_retransmitted_then_given_up() -> None:
         silent.setblocking(False)
         given_up: list[int] = []
         dfs = await open_ssmb_endpoint(
-            (LOCAL, 0), lambda m, s: None,
+            (LOCAL, 0),
+            lambda m, s: None,
             retransmitter=QueryRetransmitter(tries=3, interval=0.05),
             on_given_up=given_up.append,
         )

@@ -93,8 +93,10 @@ class ScriptedCs:
         self.deletes: list[ssmb.Delete] = []
         self.csmb_in: list[Any] = []
         self.serials = SerialCounter()
-        self.threads = [threading.Thread(target=self._csmb, daemon=True),
-                        threading.Thread(target=self._ssmb, daemon=True)]
+        self.threads = [
+            threading.Thread(target=self._csmb, daemon=True),
+            threading.Thread(target=self._ssmb, daemon=True),
+        ]
         for t in self.threads:
             t.start()
 
@@ -125,8 +127,12 @@ class ScriptedCs:
                     for msg in dec.feed(data):
                         self.csmb_in.append(msg)
                         if isinstance(msg, csmb.Hello):
-                            for out in (csmb.Ack(), csmb.Hello("127.0.0.1", "0.0.0.0", 0, 1, 0, self.ssmb_port),
-                                        csmb.Reset(), csmb.AddVs(self.vs)):
+                            for out in (
+                                csmb.Ack(),
+                                csmb.Hello("127.0.0.1", "0.0.0.0", 0, 1, 0, self.ssmb_port),
+                                csmb.Reset(),
+                                csmb.AddVs(self.vs),
+                            ):
                                 conn.sendall(csmb.encode_message(out))
 
     def _ssmb(self) -> None:
@@ -138,10 +144,17 @@ class ScriptedCs:
             for msg in ssmb.decode_datagram(data):
                 if isinstance(msg, ssmb.Query):
                     self.queries.append(msg)
-                    reply = ssmb.Reply(orig_src_ipaddr=msg.orig_src_ipaddr, orig_dst_ipaddr=msg.orig_dst_ipaddr,
-                                       orig_src_port=msg.orig_src_port, orig_dst_port=msg.orig_dst_port,
-                                       proto=msg.proto, new_dst_ipaddr=SERVER, new_dst_port=8080,
-                                       next_hop_ipaddr=SERVER, flow_id=msg.flow_id)
+                    reply = ssmb.Reply(
+                        orig_src_ipaddr=msg.orig_src_ipaddr,
+                        orig_dst_ipaddr=msg.orig_dst_ipaddr,
+                        orig_src_port=msg.orig_src_port,
+                        orig_dst_port=msg.orig_dst_port,
+                        proto=msg.proto,
+                        new_dst_ipaddr=SERVER,
+                        new_dst_port=8080,
+                        next_hop_ipaddr=SERVER,
+                        flow_id=msg.flow_id,
+                    )
                     self.udp.sendto(ssmb.encode_datagram([self.serials.stamp(reply)]), addr)
                 elif isinstance(msg, ssmb.Delete):
                     self.deletes.append(msg)
@@ -156,8 +169,12 @@ class ScriptedCs:
 
 def link_stats(nsname: str, dev: str) -> dict[str, int]:
     data = json.loads(ns(nsname, "ip", "-s", "-j", "link", "show", dev))[0]["stats64"]
-    return {"rx_bytes": data["rx"]["bytes"], "rx_packets": data["rx"]["packets"],
-            "tx_bytes": data["tx"]["bytes"], "tx_packets": data["tx"]["packets"]}
+    return {
+        "rx_bytes": data["rx"]["bytes"],
+        "rx_packets": data["rx"]["packets"],
+        "tx_bytes": data["tx"]["bytes"],
+        "tx_packets": data["tx"]["packets"],
+    }
 
 
 def status(url: str) -> dict[str, Any]:
@@ -173,13 +190,31 @@ def testbed(tmp_path: Path) -> Iterator[dict[str, Any]]:
     cleanups: list[Callable[[], Any]] = []
     try:
         cleanups.append(lambda: sh("ovs-vsctl", "--if-exists", "del-br", BRIDGE, check=False))
-        sh("ovs-vsctl", "add-br", BRIDGE, "--", "set", "bridge", BRIDGE, "datapath_type=netdev",
-           "fail_mode=secure", "protocols=OpenFlow13")
-        for name, port, ip, mac, gw, gw_mac in ((NS_C, 1, "10.0.1.50/24", CLIENT_MAC, "10.0.1.1", A1),
-                                                (NS_S, 2, f"{SERVER}/24", SERVER_MAC, "10.0.2.1", A2)):
+        sh(
+            "ovs-vsctl",
+            "add-br",
+            BRIDGE,
+            "--",
+            "set",
+            "bridge",
+            BRIDGE,
+            "datapath_type=netdev",
+            "fail_mode=secure",
+            "protocols=OpenFlow13",
+        )
+        for name, port, ip, mac, gw, gw_mac in (
+            (NS_C, 1, "10.0.1.50/24", CLIENT_MAC, "10.0.1.1", A1),
+            (NS_S, 2, f"{SERVER}/24", SERVER_MAC, "10.0.2.1", A2),
+        ):
             cleanups.append(lambda n=name: sh("ip", "netns", "del", n, check=False))
             sh("ip", "netns", "add", name)
-            ns(name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+            ns(
+                name,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            )
             inner, outer = f"{name}i", f"{name}o"
             cleanups.append(lambda o=outer: sh("ip", "link", "del", o, check=False))
             sh("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
@@ -197,9 +232,21 @@ def testbed(tmp_path: Path) -> Iterator[dict[str, Any]]:
             # static gateway entries keep kernel ARP traffic out of the byte counts
             ns(name, "ip", "neigh", "replace", gw, "lladdr", gw_mac, "dev", inner, "nud", "permanent")
             sh("ip", "link", "set", outer, "up")
-            sh("ovs-vsctl", "add-port", BRIDGE, outer, "--", "set", "interface", outer, f"ofport_request={port}")
+            sh(
+                "ovs-vsctl",
+                "add-port",
+                BRIDGE,
+                outer,
+                "--",
+                "set",
+                "interface",
+                outer,
+                f"ofport_request={port}",
+            )
 
-        vs = csmb.VirtualServer(int(VsFlag.TRANSLATE_ADDR | VsFlag.TRANSLATE_PORT), VIP, 80, VsClass.CS_ASSIST, 6)
+        vs = csmb.VirtualServer(
+            int(VsFlag.TRANSLATE_ADDR | VsFlag.TRANSLATE_PORT), VIP, 80, VsClass.CS_ASSIST, 6
+        )
         cs = ScriptedCs(vs)
         cleanups.append(cs.close)
         of_port, status_port, ssmb_port = free_port(), free_port(), free_port(socket.SOCK_DGRAM)
@@ -241,12 +288,22 @@ via = "10.0.2.254"
         dfsd.start(timeout=30)
         sh("ovs-vsctl", "set-controller", BRIDGE, f"unix:{sock_path}")
         url = f"http://127.0.0.1:{status_port}"
-        wait_for(lambda: status(url)["switch_connected"] and status(url)["cs_connected"]
-                 and status(url)["virtual_servers"] == 1, 20, "switch, CS and VS")
+        wait_for(
+            lambda: (
+                status(url)["switch_connected"]
+                and status(url)["cs_connected"]
+                and status(url)["virtual_servers"] == 1
+            ),
+            20,
+            "switch, CS and VS",
+        )
         (tmp_path / "blob.txt").write_text("0123456789abcdef" * 65536)
-        web = subprocess.Popen(["ip", "netns", "exec", NS_S, sys.executable, "-m", "http.server", "8080",
-                                "--bind", "0.0.0.0"], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+        web = subprocess.Popen(
+            ["ip", "netns", "exec", NS_S, sys.executable, "-m", "http.server", "8080", "--bind", "0.0.0.0"],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
         def stop_web() -> None:
             web.terminate()
@@ -279,8 +336,12 @@ def diagnostics(bed: dict[str, Any]) -> str:
 
 
 def http_get(bed: dict[str, Any], path: str = "/") -> str:
-    res = subprocess.run(["ip", "netns", "exec", NS_C, "curl", "-s", "--max-time", "10", f"http://{VIP}{path}"],
-                         capture_output=True, text=True, timeout=30)
+    res = subprocess.run(
+        ["ip", "netns", "exec", NS_C, "curl", "-s", "--max-time", "10", f"http://{VIP}{path}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert res.returncode == 0, f"curl exit {res.returncode}\n{diagnostics(bed)}"
     return res.stdout
 

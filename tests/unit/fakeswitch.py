@@ -23,12 +23,26 @@ from slbcore.dfs.packets import parse_frame
 IP_FIELDS = {"ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa"}
 MAC_FIELDS = {"eth_src", "eth_dst", "arp_sha", "arp_tha"}
 NXM_TO_OXM = {
-    "in_port_nxm": "in_port", "eth_dst_nxm": "eth_dst", "eth_src_nxm": "eth_src", "eth_type_nxm": "eth_type",
-    "ip_proto_nxm": "ip_proto", "ipv4_src_nxm": "ipv4_src", "ipv4_dst_nxm": "ipv4_dst",
-    "tcp_src_nxm": "tcp_src", "tcp_dst_nxm": "tcp_dst", "udp_src_nxm": "udp_src", "udp_dst_nxm": "udp_dst",
+    "in_port_nxm": "in_port",
+    "eth_dst_nxm": "eth_dst",
+    "eth_src_nxm": "eth_src",
+    "eth_type_nxm": "eth_type",
+    "ip_proto_nxm": "ip_proto",
+    "ipv4_src_nxm": "ipv4_src",
+    "ipv4_dst_nxm": "ipv4_dst",
+    "tcp_src_nxm": "tcp_src",
+    "tcp_dst_nxm": "tcp_dst",
+    "udp_src_nxm": "udp_src",
+    "udp_dst_nxm": "udp_dst",
 }
-PREREQS = {"ipv4_src": ("eth_type", 0x0800), "ipv4_dst": ("eth_type", 0x0800), "tcp_src": ("ip_proto", 6),
-           "tcp_dst": ("ip_proto", 6), "udp_src": ("ip_proto", 17), "udp_dst": ("ip_proto", 17)}
+PREREQS = {
+    "ipv4_src": ("eth_type", 0x0800),
+    "ipv4_dst": ("eth_type", 0x0800),
+    "tcp_src": ("ip_proto", 6),
+    "tcp_dst": ("ip_proto", 6),
+    "udp_src": ("ip_proto", 17),
+    "udp_dst": ("ip_proto", 17),
+}
 
 
 def to_int(name: str, value: Any) -> int:
@@ -46,7 +60,7 @@ def to_user(name: str, value: int) -> Any:
         return str(ipaddress.IPv4Address(value))
     if name in MAC_FIELDS:
         raw = f"{value:012x}"
-        return ":".join(raw[i:i + 2] for i in range(0, 12, 2))
+        return ":".join(raw[i : i + 2] for i in range(0, 12, 2))
     return value
 
 
@@ -100,7 +114,10 @@ class Entry:
 
     def match_dict(self) -> dict[str, Any]:
         """The match as field -> user value (masked fields as (value, mask))."""
-        return {k: to_user(k, v) if m is None else (to_user(k, v), to_user(k, m)) for k, (v, m) in self.match.items()}
+        return {
+            k: to_user(k, v) if m is None else (to_user(k, v), to_user(k, m))
+            for k, (v, m) in self.match.items()
+        }
 
 
 @dataclass
@@ -143,7 +160,9 @@ class FakeSwitch:
                 pkt["in_port"] = msg.in_port
                 events += self._run_actions(pkt, msg.actions, None)
             elif isinstance(msg, parser.OFPFlowStatsRequest):
-                chosen = [e for e in self.entries if (e.cookie & msg.cookie_mask) == (msg.cookie & msg.cookie_mask)]
+                chosen = [
+                    e for e in self.entries if (e.cookie & msg.cookie_mask) == (msg.cookie & msg.cookie_mask)
+                ]
                 self.stats_replies.append((msg, chosen))
             else:
                 raise AssertionError(f"fake switch cannot apply {type(msg).__name__}")
@@ -171,8 +190,19 @@ class FakeSwitch:
             for inst in fm.instructions:
                 assert inst.type == ofp.OFPIT_APPLY_ACTIONS, "only apply-actions instructions are modelled"
                 actions += inst.actions
-            self._add(Entry(fm.priority, match, actions, fm.cookie, fm.idle_timeout, fm.hard_timeout, fm.flags,
-                            self.now, self.now))
+            self._add(
+                Entry(
+                    fm.priority,
+                    match,
+                    actions,
+                    fm.cookie,
+                    fm.idle_timeout,
+                    fm.hard_timeout,
+                    fm.flags,
+                    self.now,
+                    self.now,
+                )
+            )
             return []
         if fm.command in (ofp.OFPFC_DELETE, ofp.OFPFC_DELETE_STRICT):
             strict = fm.command == ofp.OFPFC_DELETE_STRICT
@@ -207,18 +237,20 @@ class FakeSwitch:
             ids = list(self.groups) if gm.group_id == ofp.OFPG_ALL else [gm.group_id]
             for gid in ids:
                 self.groups.pop(gid, None)
-                for e in [e for e in self.entries if any(isinstance(a, parser.OFPActionGroup)
-                                                         and a.group_id == gid for a in e.actions)]:
+                for e in [
+                    e
+                    for e in self.entries
+                    if any(isinstance(a, parser.OFPActionGroup) and a.group_id == gid for a in e.actions)
+                ]:
                     self.entries.remove(e)
             return
         if gm.command == ofp.OFPGC_ADD:
             if gm.group_id in self.groups:
                 self.errors.append(f"group {gm.group_id} exists")
                 return
-        elif gm.command == ofp.OFPGC_MODIFY:
-            if gm.group_id not in self.groups:
-                self.errors.append(f"group {gm.group_id} unknown")
-                return
+        elif gm.command == ofp.OFPGC_MODIFY and gm.group_id not in self.groups:
+            self.errors.append(f"group {gm.group_id} unknown")
+            return
         self.groups[gm.group_id] = (gm.type, list(gm.buckets))
 
     # -------------------------------------------------------------- packets
@@ -261,8 +293,14 @@ class FakeSwitch:
                 pkt[a.key] = to_int(a.key, a.value)
             elif isinstance(a, parser.OFPActionOutput):
                 if a.port == ofp.OFPP_CONTROLLER:
-                    events.append(Event("packet_in", port=pkt["in_port"], packet=self._user(pkt),
-                                        cookie=entry.cookie if entry else 0))
+                    events.append(
+                        Event(
+                            "packet_in",
+                            port=pkt["in_port"],
+                            packet=self._user(pkt),
+                            cookie=entry.cookie if entry else 0,
+                        )
+                    )
                 elif a.port == ofp.OFPP_TABLE:
                     events += self.send(pkt["in_port"], self._user(pkt), pkt["_size"])
                 elif a.port == ofp.OFPP_IN_PORT:
@@ -311,12 +349,25 @@ class FakeSwitch:
             elif isinstance(spec, parser.NXFlowSpecOutput):
                 actions.append(parser.OFPActionOutput(value, 0))
         if learn.fin_idle_timeout or learn.fin_hard_timeout:
-            actions.insert(0, parser.NXActionFinTimeout(fin_idle_timeout=learn.fin_idle_timeout,
-                                                        fin_hard_timeout=learn.fin_hard_timeout))
+            actions.insert(
+                0,
+                parser.NXActionFinTimeout(
+                    fin_idle_timeout=learn.fin_idle_timeout, fin_hard_timeout=learn.fin_hard_timeout
+                ),
+            )
         flags = ofp.OFPFF_SEND_FLOW_REM if learn.flags & 1 else 0
         existing = next((e for e in self.entries if e.priority == learn.priority and e.match == match), None)
-        entry = Entry(learn.priority, match, actions, learn.cookie, learn.idle_timeout, learn.hard_timeout,
-                      flags, self.now, self.now)
+        entry = Entry(
+            learn.priority,
+            match,
+            actions,
+            learn.cookie,
+            learn.idle_timeout,
+            learn.hard_timeout,
+            flags,
+            self.now,
+            self.now,
+        )
         if existing is not None:
             entry.packet_count, entry.byte_count = existing.packet_count, existing.byte_count
         self._add(entry)
@@ -360,8 +411,10 @@ class Rig:
         for msg, chosen in self.switch.stats_replies:
             from slbcore.dfs.engine import FlowEntryStats
 
-            stats = [FlowEntryStats(e.cookie, e.match_dict(), e.packet_count, e.byte_count, e.priority)
-                     for e in chosen]
+            stats = [
+                FlowEntryStats(e.cookie, e.match_dict(), e.packet_count, e.byte_count, e.priority)
+                for e in chosen
+            ]
             self.switch.stats_replies = []
             self.feed(self.engine.flow_stats_reply(msg.cookie, msg.cookie_mask, stats, self.now))
 

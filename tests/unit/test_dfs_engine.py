@@ -28,8 +28,12 @@ from tests.unit.fakeswitch import Rig
 pytestmark = pytest.mark.unit
 
 A1, A2 = "02:00:00:00:01:01", "02:00:00:00:02:01"
-CLIENT_MAC, ROUTER_MAC, S20_MAC, S10_MAC = "02:c0:00:00:00:50", "02:ee:00:00:02:fe", "02:5e:00:00:00:20", \
-    "02:5e:00:00:00:10"
+CLIENT_MAC, ROUTER_MAC, S20_MAC, S10_MAC = (
+    "02:c0:00:00:00:50",
+    "02:ee:00:00:02:fe",
+    "02:5e:00:00:00:20",
+    "02:5e:00:00:00:10",
+)
 CLIENT, VIP = "10.0.1.50", "10.0.9.100"
 EPOCH = 7
 
@@ -59,24 +63,46 @@ def make_rig(**limits: int) -> Rig:
 
 
 def learn_neighbour(rig: Rig, port: int, ip: str, mac: str) -> None:
-    rig.send(port, build_arp(ARP_REPLY, mac, ip, A1 if port == 1 else A2, "10.0.1.1" if port == 1 else "10.0.2.1"))
+    rig.send(
+        port, build_arp(ARP_REPLY, mac, ip, A1 if port == 1 else A2, "10.0.1.1" if port == 1 else "10.0.2.1")
+    )
 
 
-def add_vs(rig: Rig, flags: int, vip: str = VIP, port: int = 80, proto: int = 6, cls: int = VsClass.CS_ASSIST,
-           app_data: bytes = b"") -> csmb.VirtualServer:
+def add_vs(
+    rig: Rig,
+    flags: int,
+    vip: str = VIP,
+    port: int = 80,
+    proto: int = 6,
+    cls: int = VsClass.CS_ASSIST,
+    app_data: bytes = b"",
+) -> csmb.VirtualServer:
     vs = csmb.VirtualServer(flags, vip, port, cls, proto, app_data)
     rig.feed(rig.engine.csmb_message(csmb.AddVs(vs), rig.now))
     return vs
 
 
-def client_tcp(flags: int, sport: int = 40000, dst: str = VIP, dport: int = 80, seq: int = 1000, ack: int = 0,
-               payload: bytes = b"") -> bytes:
+def client_tcp(
+    flags: int,
+    sport: int = 40000,
+    dst: str = VIP,
+    dport: int = 80,
+    seq: int = 1000,
+    ack: int = 0,
+    payload: bytes = b"",
+) -> bytes:
     return build_tcp(CLIENT_MAC, A1, CLIENT, dst, sport, dport, seq, ack, flags, payload)
 
 
 def reply_for(q: ssmb.Query, **kw: object) -> ssmb.Reply:
-    base = dict(orig_src_ipaddr=q.orig_src_ipaddr, orig_dst_ipaddr=q.orig_dst_ipaddr, orig_src_port=q.orig_src_port,
-                orig_dst_port=q.orig_dst_port, proto=q.proto, flow_id=q.flow_id)
+    base = dict(
+        orig_src_ipaddr=q.orig_src_ipaddr,
+        orig_dst_ipaddr=q.orig_dst_ipaddr,
+        orig_src_port=q.orig_src_port,
+        orig_dst_port=q.orig_dst_port,
+        proto=q.proto,
+        flow_id=q.flow_id,
+    )
     base.update(kw)
     return ssmb.Reply(**base)  # type: ignore[arg-type]
 
@@ -106,11 +132,13 @@ FLAG_COMBOS = list(itertools.product([False, True], repeat=3))
 def test_cs_assist_rewrites_both_directions(taddr: bool, tport: bool, by_dst: bool) -> None:
     rig = make_rig()
     neighbours(rig)
-    flags = (VsFlag.TRANSLATE_ADDR if taddr else 0) | (VsFlag.TRANSLATE_PORT if tport else 0) | (
-        VsFlag.ROUTE_BY_DST_IP if by_dst else 0)
+    flags = (
+        (VsFlag.TRANSLATE_ADDR if taddr else 0)
+        | (VsFlag.TRANSLATE_PORT if tport else 0)
+        | (VsFlag.ROUTE_BY_DST_IP if by_dst else 0)
+    )
     add_vs(rig, flags)
-    q, released = setup_flow(rig, new_dst_ipaddr="10.0.3.10", new_dst_port=8080,
-                             next_hop_ipaddr="10.0.2.20")
+    q, released = setup_flow(rig, new_dst_ipaddr="10.0.3.10", new_dst_port=8080, next_hop_ipaddr="10.0.2.20")
     server_ip = "10.0.3.10" if taddr else VIP
     server_port = 8080 if tport else 80
     next_mac = ROUTER_MAC if by_dst else S20_MAC
@@ -118,14 +146,24 @@ def test_cs_assist_rewrites_both_directions(taddr: bool, tport: bool, by_dst: bo
     # the held SYN is released through the same rewriting
     assert len(released) == 1 and released[0].port == 2
     syn = released[0].packet
-    assert (syn["ipv4_dst"], syn["tcp_dst"], syn["eth_src"], syn["eth_dst"]) == (server_ip, server_port, A2, next_mac)
+    assert (syn["ipv4_dst"], syn["tcp_dst"], syn["eth_src"], syn["eth_dst"]) == (
+        server_ip,
+        server_port,
+        A2,
+        next_mac,
+    )
     assert (syn["ipv4_src"], syn["tcp_src"]) == (CLIENT, 40000)
     packet_ins = rig.engine.counters["packet_ins"]
     (fwd,) = rig.send(1, client_tcp(TCP_ACK, seq=1001, ack=5001))
     assert fwd.port == 2
-    assert (fwd.packet["ipv4_dst"], fwd.packet["tcp_dst"], fwd.packet["eth_dst"]) == (server_ip, server_port, next_mac)
-    (back,) = rig.send(2, build_tcp(S20_MAC, A2, server_ip, CLIENT, server_port, 40000, 5000, 1001,
-                                    TCP_SYN | TCP_ACK))
+    assert (fwd.packet["ipv4_dst"], fwd.packet["tcp_dst"], fwd.packet["eth_dst"]) == (
+        server_ip,
+        server_port,
+        next_mac,
+    )
+    (back,) = rig.send(
+        2, build_tcp(S20_MAC, A2, server_ip, CLIENT, server_port, 40000, 5000, 1001, TCP_SYN | TCP_ACK)
+    )
     assert back.port == 1
     b = back.packet
     assert (b["ipv4_src"], b["tcp_src"], b["ipv4_dst"], b["tcp_dst"]) == (VIP, 80, CLIENT, 40000)
@@ -138,25 +176,32 @@ def test_untranslated_entries_do_not_rewrite_addresses() -> None:
     rig = make_rig()
     neighbours(rig)
     add_vs(rig, 0)
-    _, released = setup_flow(rig, new_dst_ipaddr="10.0.3.10", new_dst_port=8080, next_hop_ipaddr="10.0.2.20")
+    _, _released = setup_flow(rig, new_dst_ipaddr="10.0.3.10", new_dst_port=8080, next_hop_ipaddr="10.0.2.20")
     fwd_entries = rig.switch.find(rules.make_cookie(rules.KIND_FWD, EPOCH, 1))
     keys = {a.key for a in fwd_entries[0].actions if hasattr(a, "key")}
     assert keys == {"eth_src", "eth_dst"}
 
 
-@pytest.mark.parametrize(("flags", "dst", "dport"), [
-    (VsFlag.WILDCARD_PORT, VIP, 443),
-    (VsFlag.WILDCARD_ADDR, "10.0.9.77", 80),
-    (VsFlag.WILDCARD_ADDR | VsFlag.WILDCARD_PORT, "10.0.9.77", 25),
-])
-def test_wildcard_virtual_servers_claim_flows_and_reverse_to_original(flags: int, dst: str, dport: int) -> None:
+@pytest.mark.parametrize(
+    ("flags", "dst", "dport"),
+    [
+        (VsFlag.WILDCARD_PORT, VIP, 443),
+        (VsFlag.WILDCARD_ADDR, "10.0.9.77", 80),
+        (VsFlag.WILDCARD_ADDR | VsFlag.WILDCARD_PORT, "10.0.9.77", 25),
+    ],
+)
+def test_wildcard_virtual_servers_claim_flows_and_reverse_to_original(
+    flags: int, dst: str, dport: int
+) -> None:
     rig = make_rig()
     neighbours(rig)
     add_vs(rig, flags | VsFlag.TRANSLATE_ADDR)
     rig.send(1, client_tcp(TCP_SYN, dst=dst, dport=dport))
     (q,) = rig.take_ssmb()
     assert (q.orig_dst_ipaddr, q.orig_dst_port) == (dst, dport)
-    rig.feed(rig.engine.ssmb_message(reply_for(q, new_dst_ipaddr="10.0.2.10", next_hop_ipaddr="10.0.2.10"), 0))
+    rig.feed(
+        rig.engine.ssmb_message(reply_for(q, new_dst_ipaddr="10.0.2.10", next_hop_ipaddr="10.0.2.10"), 0)
+    )
     (back,) = rig.send(2, build_tcp(S10_MAC, A2, "10.0.2.10", CLIENT, dport, 40000, 1, 1, TCP_ACK))
     assert (back.packet["ipv4_src"], back.packet["tcp_src"]) == (dst, dport)
 
@@ -168,8 +213,10 @@ def test_exact_virtual_server_wins_over_wildcard() -> None:
     add_vs(rig, VsFlag.TRANSLATE_PORT)
     _, released = setup_flow(rig, new_dst_port=8080, next_hop_ipaddr="10.0.2.20")
     assert released[0].packet["tcp_dst"] == 8080  # the exact VS's TRANSLATE_PORT applied
-    prios = sorted(e.priority for e in rig.switch.find(rules.make_cookie(rules.KIND_DISPATCH, 0, 0),
-                                                      rules.MASK_TAG | (0xFF << 48)))
+    prios = sorted(
+        e.priority
+        for e in rig.switch.find(rules.make_cookie(rules.KIND_DISPATCH, 0, 0), rules.MASK_TAG | (0xFF << 48))
+    )
     assert prios == [rules.vs_priority(True, True), rules.vs_priority(False, False)]
 
 
@@ -185,7 +232,13 @@ def test_arp_for_vip_unless_noarp(noarp: bool) -> None:
         (ev,) = out
         arp = parse_frame(ev.packet["_data"]).arp
         assert ev.port == 1 and arp is not None
-        assert (arp.op, arp.sha, arp.spa, arp.tha, arp.tpa) == (ARP_REPLY, A1, "10.0.1.100", CLIENT_MAC, CLIENT)
+        assert (arp.op, arp.sha, arp.spa, arp.tha, arp.tpa) == (
+            ARP_REPLY,
+            A1,
+            "10.0.1.100",
+            CLIENT_MAC,
+            CLIENT,
+        )
     # its own interface address is always answered
     (ev,) = rig.send(1, build_arp(ARP_REQUEST, CLIENT_MAC, CLIENT, "00:00:00:00:00:00", "10.0.1.1"))
     assert parse_frame(ev.packet["_data"]).arp.spa == "10.0.1.1"  # type: ignore[union-attr]
@@ -279,7 +332,9 @@ def test_held_packets_are_bounded_and_counted() -> None:
         rig.send(1, client_tcp(TCP_SYN if i == 0 else TCP_ACK, seq=1000 + i))
     assert rig.engine.held_total == 3 and rig.engine.errors["held_dropped"] == 2
     (q,) = rig.take_ssmb()
-    rig.feed(rig.engine.ssmb_message(reply_for(q, new_dst_ipaddr="10.0.2.10", next_hop_ipaddr="10.0.2.10"), 0))
+    rig.feed(
+        rig.engine.ssmb_message(reply_for(q, new_dst_ipaddr="10.0.2.10", next_hop_ipaddr="10.0.2.10"), 0)
+    )
     assert [e.port for e in rig.wire] == [2, 2, 2] and rig.engine.held_total == 0
 
 
@@ -303,8 +358,11 @@ def test_next_hop_resolved_by_arp_before_install() -> None:
     _, out = setup_flow(rig, new_dst_ipaddr="10.0.2.10", next_hop_ipaddr="10.0.2.10")
     (req,) = out
     arp = parse_frame(req.packet["_data"]).arp
-    assert req.port == 2 and arp is not None and (arp.op, arp.tpa, arp.spa, arp.sha) == (
-        ARP_REQUEST, "10.0.2.10", "10.0.2.1", A2)
+    assert (
+        req.port == 2
+        and arp is not None
+        and (arp.op, arp.tpa, arp.spa, arp.sha) == (ARP_REQUEST, "10.0.2.10", "10.0.2.1", A2)
+    )
     assert not rig.switch.find(rules.make_cookie(rules.KIND_PER_FLOW, 0, 0), rules.MASK_PER_FLOW)
     (syn,) = rig.send(2, build_arp(ARP_REPLY, S10_MAC, "10.0.2.10", A2, "10.0.2.1"))
     assert syn.port == 2 and syn.packet["eth_dst"] == S10_MAC and syn.packet["ipv4_dst"] == "10.0.2.10"
@@ -327,7 +385,9 @@ def test_idle_flow_reports_delete_with_both_directions() -> None:
     syn = client_tcp(TCP_SYN)
     rig.send(1, syn)
     (q,) = rig.take_ssmb()
-    rig.feed(rig.engine.ssmb_message(reply_for(q, new_dst_ipaddr="10.0.2.10", next_hop_ipaddr="10.0.2.10"), 0))
+    rig.feed(
+        rig.engine.ssmb_message(reply_for(q, new_dst_ipaddr="10.0.2.10", next_hop_ipaddr="10.0.2.10"), 0)
+    )
     sizes_in, sizes_out = [len(syn)], []
     for i in range(3):
         data = client_tcp(TCP_ACK, seq=1001 + i, payload=b"x" * (100 * i))
@@ -342,7 +402,12 @@ def test_idle_flow_reports_delete_with_both_directions() -> None:
     assert isinstance(msg, ssmb.Delete) and msg.flow_id == q.flow_id
     assert (msg.inbound_pkts, msg.inbound_bytes) == (len(sizes_in), sum(sizes_in))
     assert (msg.outbound_pkts, msg.outbound_bytes) == (len(sizes_out), sum(sizes_out))
-    assert (msg.orig_src_ipaddr, msg.orig_dst_ipaddr, msg.orig_src_port, msg.orig_dst_port) == (CLIENT, VIP, 40000, 80)
+    assert (msg.orig_src_ipaddr, msg.orig_dst_ipaddr, msg.orig_src_port, msg.orig_dst_port) == (
+        CLIENT,
+        VIP,
+        40000,
+        80,
+    )
     assert not rig.engine.flows
 
 
@@ -377,8 +442,9 @@ def test_reap_with_and_without_connalive() -> None:
     add_vs(rig, VsFlag.TRANSLATE_ADDR)
     q, _ = setup_flow(rig, new_dst_ipaddr="10.0.2.10", next_hop_ipaddr="10.0.2.10")
     rig.send(1, client_tcp(TCP_ACK, seq=1001))
-    reap = ssmb.Reap(orig_src_ipaddr=CLIENT, orig_dst_ipaddr=VIP, orig_src_port=40000, orig_dst_port=80,
-                     flow_id=q.flow_id)
+    reap = ssmb.Reap(
+        orig_src_ipaddr=CLIENT, orig_dst_ipaddr=VIP, orig_src_port=40000, orig_dst_port=80, flow_id=q.flow_id
+    )
     rig.feed(rig.engine.ssmb_message(reap, 1.0))
     (alive,) = rig.take_ssmb()
     assert isinstance(alive, ssmb.Stats) and alive.error == SsmbError.CONNALIVE
@@ -393,8 +459,14 @@ def test_reap_with_and_without_connalive() -> None:
 
 def test_reap_of_unknown_flow_answers_unknown() -> None:
     rig = make_rig()
-    rig.feed(rig.engine.ssmb_message(ssmb.Reap(orig_src_ipaddr=CLIENT, orig_dst_ipaddr=VIP, orig_src_port=1,
-                                               orig_dst_port=80, flow_id=42), 0))
+    rig.feed(
+        rig.engine.ssmb_message(
+            ssmb.Reap(
+                orig_src_ipaddr=CLIENT, orig_dst_ipaddr=VIP, orig_src_port=1, orig_dst_port=80, flow_id=42
+            ),
+            0,
+        )
+    )
     (st,) = rig.take_ssmb()
     assert isinstance(st, ssmb.Stats) and st.error == SsmbError.UNKNOWN and st.flow_id == 42
 
@@ -403,8 +475,15 @@ def test_newflow_preinstalls_so_first_packet_never_reaches_dfs() -> None:
     rig = make_rig()
     neighbours(rig)
     add_vs(rig, VsFlag.TRANSLATE_ADDR)
-    nf = ssmb.NewFlow(orig_src_ipaddr=CLIENT, orig_dst_ipaddr=VIP, orig_src_port=40000, orig_dst_port=80,
-                      new_dst_ipaddr="10.0.2.10", next_hop_ipaddr="10.0.2.10", flow_id=NEWFLOW_ID_BIT | 5)
+    nf = ssmb.NewFlow(
+        orig_src_ipaddr=CLIENT,
+        orig_dst_ipaddr=VIP,
+        orig_src_port=40000,
+        orig_dst_port=80,
+        new_dst_ipaddr="10.0.2.10",
+        next_hop_ipaddr="10.0.2.10",
+        flow_id=NEWFLOW_ID_BIT | 5,
+    )
     rig.feed(rig.engine.ssmb_message(nf, 0))
     before = rig.engine.counters["packet_ins"]
     (fwd,) = rig.send(1, client_tcp(TCP_SYN))
@@ -440,15 +519,28 @@ def test_switch_reconnect_keeps_flows_adopts_old_epoch_and_drops_strays() -> Non
     add_vs(rig, VsFlag.TRANSLATE_ADDR)
     q, _ = setup_flow(rig, new_dst_ipaddr="10.0.2.10", next_hop_ipaddr="10.0.2.10")
     # a stray of this epoch and a flow left by an older DFS incarnation
-    stray = rules.flow_entry(rules.OF13, rules.make_cookie(rules.KIND_FWD, EPOCH, 77),
-                             rules.FiveTuple(6, "10.0.1.51", VIP, 1, 80),
-                             rules.Rewrite(None, None, None, None, A2, S10_MAC, 2), 10)
+    stray = rules.flow_entry(
+        rules.OF13,
+        rules.make_cookie(rules.KIND_FWD, EPOCH, 77),
+        rules.FiveTuple(6, "10.0.1.51", VIP, 1, 80),
+        rules.Rewrite(None, None, None, None, A2, S10_MAC, 2),
+        10,
+    )
     old = rules.FiveTuple(6, "10.0.1.52", VIP, 2, 80)
     old_rw = rules.Rewrite(None, "10.0.2.10", None, None, A2, S10_MAC, 2)
-    rig.switch.apply([stray,
-                      rules.flow_entry(rules.OF13, rules.make_cookie(rules.KIND_FWD, 3, 9), old, old_rw, 10),
-                      rules.flow_entry(rules.OF13, rules.make_cookie(rules.KIND_REV, 3, 9),
-                                       rules.FiveTuple(6, "10.0.2.10", "10.0.1.52", 80, 2), old_rw, 10)])
+    rig.switch.apply(
+        [
+            stray,
+            rules.flow_entry(rules.OF13, rules.make_cookie(rules.KIND_FWD, 3, 9), old, old_rw, 10),
+            rules.flow_entry(
+                rules.OF13,
+                rules.make_cookie(rules.KIND_REV, 3, 9),
+                rules.FiveTuple(6, "10.0.2.10", "10.0.1.52", 80, 2),
+                old_rw,
+                10,
+            ),
+        ]
+    )
     rig.feed(rig.engine.switch_disconnected(1.0))
     rig.feed(rig.engine.switch_connected(1.0))
     c = rig.engine.counters
@@ -485,7 +577,10 @@ def test_dfs_assist_pool_balances_in_the_switch() -> None:
     for sport in range(41000, 41040):
         (out,) = rig.send(1, client_tcp(TCP_SYN, sport=sport))
         assert out.port == 2 and out.packet["tcp_dst"] == 8080
-        assert (out.packet["ipv4_dst"], out.packet["eth_dst"]) in {("10.0.2.10", S10_MAC), ("10.0.2.20", S20_MAC)}
+        assert (out.packet["ipv4_dst"], out.packet["eth_dst"]) in {
+            ("10.0.2.10", S10_MAC),
+            ("10.0.2.20", S20_MAC),
+        }
         chosen[sport] = out.packet["ipv4_dst"]
     assert set(chosen.values()) == {"10.0.2.10", "10.0.2.20"}
     for sport, server in list(chosen.items())[:10]:
@@ -495,7 +590,11 @@ def test_dfs_assist_pool_balances_in_the_switch() -> None:
         (back,) = rig.send(2, build_tcp(smac, A2, server, CLIENT, 8080, sport, 1, 1001, TCP_ACK))
         b = back.packet
         assert back.port == 1 and (b["ipv4_src"], b["tcp_src"], b["eth_src"], b["eth_dst"]) == (
-            VIP, 80, A1, CLIENT_MAC)
+            VIP,
+            80,
+            A1,
+            CLIENT_MAC,
+        )
     assert rig.engine.counters["packet_ins"] == before
     rig.advance(10.0)
     deletes = [m for m in rig.take_ssmb() if isinstance(m, ssmb.Delete)]
@@ -529,7 +628,9 @@ def test_csmb_query_delete_and_version() -> None:
     assert len(full.servers) == 2 and filtered.servers == (vs,)
     rig.feed(rig.engine.csmb_message(csmb.DeleteVs(vs), 0))
     assert len(rig.engine.vservers) == 1
-    assert len(rig.switch.find(rules.make_cookie(rules.KIND_DISPATCH, 0, 0), rules.MASK_TAG | (0xFF << 48))) == 1
+    assert (
+        len(rig.switch.find(rules.make_cookie(rules.KIND_DISPATCH, 0, 0), rules.MASK_TAG | (0xFF << 48))) == 1
+    )
     rig.csmb.clear()
     rig.feed(rig.engine.csmb_message(csmb.Hello("127.0.0.1", "0.0.0.0", 0, 2, 0, 7700), 0))
     assert rig.csmb[0].error == 1  # VERS_NEW

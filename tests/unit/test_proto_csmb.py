@@ -89,9 +89,7 @@ def test_hello_golden_without_and_with_auth() -> None:
 
 
 def test_status_ack_reset_golden() -> None:
-    assert encode_message(Status(0xDEADBEEF, serial_global=3)) == h(
-        "0003 0000 00000010 06 00 0000 deadbeef"
-    )
+    assert encode_message(Status(0xDEADBEEF, serial_global=3)) == h("0003 0000 00000010 06 00 0000 deadbeef")
     assert encode_message(Ack(error=CsmbError.VERS_OBSOLETE)) == h("0000 0000 0000000c 08 00 0002")
     assert encode_message(Reset()) == h("0000 0000 0000000c 05 00 0000")
 
@@ -99,9 +97,7 @@ def test_status_ack_reset_golden() -> None:
 def test_query_vs_and_vs_list_golden() -> None:
     assert encode_message(QueryVs()) == h("0000 0000 0000000c 03 00 0000")
     one = h(VS_WIRE)
-    assert encode_message(VsList((COOKIE_VS, COOKIE_VS))) == h(
-        "0000 0000 00000034 04 00 0000"
-    ) + one + one
+    assert encode_message(VsList((COOKIE_VS, COOKIE_VS))) == h("0000 0000 00000034 04 00 0000") + one + one
     assert encode_message(DeleteVs(COOKIE_VS))[8] == CsmbType.DELETE_VS
 
 
@@ -125,8 +121,9 @@ def test_layout_sizes() -> None:
 
 ALL_MESSAGES = [
     AddVs(COOKIE_VS),
-    AddVs(VirtualServer(0, "10.0.0.5", 443, VsClass.DFS_ASSIST, 6,
-                        encode_pool([PoolEntry("10.0.1.1", 443)]))),
+    AddVs(
+        VirtualServer(0, "10.0.0.5", 443, VsClass.DFS_ASSIST, 6, encode_pool([PoolEntry("10.0.1.1", 443)]))
+    ),
     DeleteVs(VirtualServer(0, "10.0.0.5", 443, 0, 6)),
     QueryVs(),
     QueryVs(COOKIE_VS),
@@ -200,23 +197,35 @@ ADD_WIRE = encode_message(AddVs(COOKIE_VS))
         (ADD_WIRE[:22] + b"\x00" + ADD_WIRE[23:], errors.BadFieldValue),  # ADD_VS needs a class
         (ADD_WIRE[:12] + b"\x00\x00\x10\x00" + ADD_WIRE[16:], errors.BadFieldValue),  # flag bit 12
         (with_length(encode_message(Status(1))[:15], 15), errors.BadLength),
-        (with_length(encode_message(Hello("1.1.1.1", "0.0.0.0", 0, 1, 0, 1))[:27], 27),
-         errors.BadLength),
-        (with_length(encode_message(Hello("1.1.1.1", "0.0.0.0", 0, 1, 0, 1)) + b"\0", 29),
-         errors.BadLength),
-        (with_length(encode_message(Hello("1.1.1.1", "0.0.0.0", 0, 1, 0, 1)) + b"\0\x05\0", 31),
-         errors.AppDataOverrun),
+        (with_length(encode_message(Hello("1.1.1.1", "0.0.0.0", 0, 1, 0, 1))[:27], 27), errors.BadLength),
+        (with_length(encode_message(Hello("1.1.1.1", "0.0.0.0", 0, 1, 0, 1)) + b"\0", 29), errors.BadLength),
+        (
+            with_length(encode_message(Hello("1.1.1.1", "0.0.0.0", 0, 1, 0, 1)) + b"\0\x05\0", 31),
+            errors.AppDataOverrun,
+        ),
     ],
     ids=[
-        "length-11", "length-0", "length-1MiB+1", "length-max", "reset-with-body",
-        "vs-padding-cut", "vs-header-cut", "vs-app-data-8193", "vs-app-data-overrun",
-        "unknown-type", "bad-error", "bad-vs-class", "add-vs-class-0", "bad-vs-flag",
-        "status-short", "hello-short", "hello-1-octet-auth", "hello-auth-overrun",
+        "length-11",
+        "length-0",
+        "length-1MiB+1",
+        "length-max",
+        "reset-with-body",
+        "vs-padding-cut",
+        "vs-header-cut",
+        "vs-app-data-8193",
+        "vs-app-data-overrun",
+        "unknown-type",
+        "bad-error",
+        "bad-vs-class",
+        "add-vs-class-0",
+        "bad-vs-flag",
+        "status-short",
+        "hello-short",
+        "hello-1-octet-auth",
+        "hello-auth-overrun",
     ],
 )
-def test_lying_input_fails_stream_with_typed_error(
-    data: bytes, error: type[errors.ProtocolError]
-) -> None:
+def test_lying_input_fails_stream_with_typed_error(data: bytes, error: type[errors.ProtocolError]) -> None:
     good = encode_message(Status(1))
     decoder = StreamDecoder()
     with pytest.raises(error) as info:

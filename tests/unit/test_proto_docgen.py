@@ -18,7 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_protocol_doc_is_current() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "slbproto.docgen", "--check"],
-        cwd=ROOT, capture_output=True, text=True, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
 
@@ -33,8 +36,13 @@ def test_check_fails_on_stale_file(tmp_path: Path) -> None:
 
 def test_doc_lists_every_field_at_its_offset() -> None:
     text = docgen.render()
-    for layout in (ssmb.FLOW_LAYOUT, ssmb.ENDFLOW_LAYOUT, ssmb.APP_QUERY_LAYOUT, csmb.HELLO_LAYOUT,
-                   csmb.VS_LAYOUT):
+    for layout in (
+        ssmb.FLOW_LAYOUT,
+        ssmb.ENDFLOW_LAYOUT,
+        ssmb.APP_QUERY_LAYOUT,
+        csmb.HELLO_LAYOUT,
+        csmb.VS_LAYOUT,
+    ):
         for off, field in layout.rows():
             assert f"| {off} | {field.size} | `{field.name}` |" in text
 

@@ -167,13 +167,19 @@ def test_sign_and_verify_over_the_wire() -> None:
     signed = sign_hello(hello, KEY, b"n" * 16)
     assert signed.auth_data is not None and len(signed.auth_data) == AUTH_DATA_LEN
     received = decode_message(encode_message(signed))
-    verify_hello(received, KEY)  # does not raise
     assert isinstance(received, Hello)
+    verify_hello(received, KEY)  # does not raise
     with pytest.raises(errors.AuthenticationFailed):
         verify_hello(received, b"x" * 32)
-    for field, value in (("ssmb_port", 7701), ("serial_global", 6), ("flags", 0)):
+    tampered = [
+        dataclasses.replace(received, ssmb_port=7701),
+        dataclasses.replace(received, serial_global=6),
+        dataclasses.replace(received, flags=0),
+        dataclasses.replace(received, ssmb_active_ipaddr="10.0.0.9"),
+    ]
+    for forged in tampered:
         with pytest.raises(errors.AuthenticationFailed):
-            verify_hello(dataclasses.replace(received, **{field: value}), KEY)
+            verify_hello(forged, KEY)
     with pytest.raises(errors.AuthenticationFailed):
         verify_hello(dataclasses.replace(received, auth_data=None), KEY)
     with pytest.raises(errors.AuthenticationFailed):

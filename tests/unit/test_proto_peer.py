@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from slbproto import errors
-from slbproto.constants import SsmbError
 from slbproto.peer import QueryRetransmitter, SerialCounter, SsmbReceiver, SsmbSender
 from slbproto.ssmb import (
     AppQuery,
@@ -312,4 +311,3 @@ def test_restamp_requires_single_message() -> None:
     tx = SsmbSender()
     with pytest.raises(errors.UsageError):
         tx.restamp(encode_datagram([Reset(), Reset()]), CS)
-    assert SsmbError.OK == 0

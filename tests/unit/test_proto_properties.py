@@ -20,21 +20,44 @@ u64 = st.integers(0, 2**64 - 1)
 ip = st.tuples(u8, u8, u8, u8).map(lambda t: ".".join(map(str, t)))
 header = {"serial_global": u16, "serial_bytype": u16, "error": st.sampled_from(list(SsmbError))}
 flow_key = {
-    "orig_src_ipaddr": ip, "orig_dst_ipaddr": ip, "orig_src_port": u16, "orig_dst_port": u16,
-    "tos": u8, "proto": u8, "flags": st.integers(0, 3).map(FlowFlag), "tcp_flags": u8,
+    "orig_src_ipaddr": ip,
+    "orig_dst_ipaddr": ip,
+    "orig_src_port": u16,
+    "orig_dst_port": u16,
+    "tos": u8,
+    "proto": u8,
+    "flags": st.integers(0, 3).map(FlowFlag),
+    "tcp_flags": u8,
 }
 flow = {
-    **flow_key, **header, "new_dst_ipaddr": ip, "new_dst_port": u16, "next_hop_ipaddr": ip,
-    "svr_seq_offset": u32, "svr_ack_offset": u32, "client_seq_offset": u32,
-    "client_ack_offset": u32, "flow_id": u32,
+    **flow_key,
+    **header,
+    "new_dst_ipaddr": ip,
+    "new_dst_port": u16,
+    "next_hop_ipaddr": ip,
+    "svr_seq_offset": u32,
+    "svr_ack_offset": u32,
+    "client_seq_offset": u32,
+    "client_ack_offset": u32,
+    "flow_id": u32,
 }
 endflow = {
-    **flow_key, **header, "inbound_bytes": u64, "outbound_bytes": u64, "inbound_pkts": u64,
-    "outbound_pkts": u64, "flow_id": u32,
+    **flow_key,
+    **header,
+    "inbound_bytes": u64,
+    "outbound_bytes": u64,
+    "inbound_pkts": u64,
+    "outbound_pkts": u64,
+    "flow_id": u32,
 }
 app_query = {
-    **flow_key, **header, "new_dst_ipaddr": ip, "new_dst_port": u16, "next_hop_ipaddr": ip,
-    "flow_id": u32, "app_data": st.binary(max_size=300),
+    **flow_key,
+    **header,
+    "new_dst_ipaddr": ip,
+    "new_dst_port": u16,
+    "next_hop_ipaddr": ip,
+    "flow_id": u32,
+    "app_data": st.binary(max_size=300),
 }
 
 ssmb_messages = st.one_of(
@@ -62,9 +85,15 @@ csmb_messages = st.one_of(
     st.builds(csmb.Reset, **csmb_header),
     st.builds(csmb.Status, status=u32, **csmb_header),
     st.builds(
-        csmb.Hello, ssmb_active_ipaddr=ip, ssmb_standby_ipaddr=ip,
-        flags=st.integers(0, 0xFFF).map(VsFlag), vers_major=u8, vers_minor=u8, ssmb_port=u16,
-        auth_data=st.none() | st.binary(max_size=80), **csmb_header,
+        csmb.Hello,
+        ssmb_active_ipaddr=ip,
+        ssmb_standby_ipaddr=ip,
+        flags=st.integers(0, 0xFFF).map(VsFlag),
+        vers_major=u8,
+        vers_minor=u8,
+        ssmb_port=u16,
+        auth_data=st.none() | st.binary(max_size=80),
+        **csmb_header,
     ),
     st.builds(csmb.Ack, **csmb_header),
 )
@@ -90,7 +119,8 @@ def mutations(base: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
             if data:
                 data[draw(st.integers(0, len(data) - 1))] = draw(u8)
         cut = draw(st.integers(0, len(data)))
-        return bytes(data[:cut]) + draw(st.binary(max_size=16))
+        tail: bytes = draw(st.binary(max_size=16))
+        return bytes(data[:cut]) + tail
 
     return mutate()
 
@@ -134,9 +164,7 @@ def test_decode_message_raises_only_protocol_error(data: bytes) -> None:
 
 @settings(suppress_health_check=[HealthCheck.too_slow])
 @given(csmb_garbage, st.lists(st.integers(1, 40), min_size=1, max_size=30))
-def test_stream_decoder_random_chunking_raises_only_protocol_error(
-    data: bytes, cuts: list[int]
-) -> None:
+def test_stream_decoder_random_chunking_raises_only_protocol_error(data: bytes, cuts: list[int]) -> None:
     decoder = csmb.StreamDecoder()
     pos = 0
     for size in [*cuts, len(data)]:

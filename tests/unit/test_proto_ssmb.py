@@ -81,7 +81,7 @@ def test_flow_message_golden(cls: type[ssmb.SsmbMessage], code: str) -> None:
     header = f"0102 0304 {code} 01 0003"  # serial_global, serial_bytype, msg_type, count, error
     wire = h(header + FLOW_BODY)
     assert len(wire) == 56
-    msg = cls(**FLOW_KW)  # type: ignore[arg-type]
+    msg = cls(**FLOW_KW)
     assert encode_datagram([msg]) == wire
     assert decode_datagram(wire) == [msg]
 
@@ -100,9 +100,18 @@ def test_app_query_golden() -> None:
         """
     )
     msg = AppQuery(
-        "10.1.2.3", "192.168.0.10", 50000, 80, tos=0x10, proto=6, tcp_flags=0x18,
-        next_hop_ipaddr="10.0.0.254", flow_id=0x102, app_data=b"abcde",
-        serial_global=7, serial_bytype=2,
+        "10.1.2.3",
+        "192.168.0.10",
+        50000,
+        80,
+        tos=0x10,
+        proto=6,
+        tcp_flags=0x18,
+        next_hop_ipaddr="10.0.0.254",
+        flow_id=0x102,
+        app_data=b"abcde",
+        serial_global=7,
+        serial_bytype=2,
     )
     assert len(wire) == 44 + 5
     assert encode_datagram([msg]) == wire
@@ -124,8 +133,21 @@ def test_endflow_golden(cls: type[ssmb.SsmbMessage], code: str) -> None:
     )
     assert len(wire) == 60
     msg = cls(  # type: ignore[call-arg]
-        "10.1.2.3", "192.168.0.10", 50000, 80, 0, 17, FlowFlag.OUTBOUND, 0,
-        100, 200, 3, 2**64 - 1, 0x80000001, serial_global=0xFFFF, error=SsmbError.CONNALIVE,
+        "10.1.2.3",
+        "192.168.0.10",
+        50000,
+        80,
+        0,
+        17,
+        FlowFlag.OUTBOUND,
+        0,
+        100,
+        200,
+        3,
+        2**64 - 1,
+        0x80000001,
+        serial_global=0xFFFF,
+        error=SsmbError.CONNALIVE,
     )
     assert encode_datagram([msg]) == wire
     assert decode_datagram(wire) == [msg]
@@ -138,7 +160,7 @@ def test_reset_golden() -> None:
 
 
 def test_batch_golden_repeats_count_in_every_header() -> None:
-    wire = h("0001 0000 08 02 0000" "0002 0001 08 02 0000")
+    wire = h("0001 0000 08 02 00000002 0001 08 02 0000")
     msgs = [Reset(serial_global=1), Reset(serial_global=2, serial_bytype=1)]
     assert encode_datagram(msgs) == wire
     assert decode_datagram(wire) == msgs
@@ -221,8 +243,18 @@ def mutate(data: bytes, offset: int, replacement: bytes) -> bytes:
         (mutate(QUERY_WIRE, 22, b"\x04"), errors.BadFieldValue),  # undefined flag bit
     ],
     ids=[
-        "empty", "short-header", "short-body", "trailing-octet", "two-count-1", "type-9",
-        "type-0", "count-0", "count-2-holds-1", "count-mismatch", "bad-error", "bad-flag",
+        "empty",
+        "short-header",
+        "short-body",
+        "trailing-octet",
+        "two-count-1",
+        "type-9",
+        "type-0",
+        "count-0",
+        "count-2-holds-1",
+        "count-mismatch",
+        "bad-error",
+        "bad-flag",
     ],
 )
 def test_bad_datagram_raises_specific_error(data: bytes, error: type[errors.ProtocolError]) -> None:
