@@ -113,8 +113,18 @@ def render_servers(rows: list[dict[str, Any]]) -> str:
         r["out"] = _bytes(r.get("outbound_bytes"))
     return table(
         rows,
-        [("vs", "VS"), ("server", "SERVER"), ("addr", "ADDRESS"), ("weight", "WEIGHT"), ("state", "STATE"),
-         ("health_detail", "LAST CHECK"), ("active", "ACTIVE"), ("total", "TOTAL"), ("in", "IN"), ("out", "OUT")],
+        [
+            ("vs", "VS"),
+            ("server", "SERVER"),
+            ("addr", "ADDRESS"),
+            ("weight", "WEIGHT"),
+            ("state", "STATE"),
+            ("health_detail", "LAST CHECK"),
+            ("active", "ACTIVE"),
+            ("total", "TOTAL"),
+            ("in", "IN"),
+            ("out", "OUT"),
+        ],
     )
 
 
@@ -126,8 +136,18 @@ def render_vs(rows: list[dict[str, Any]]) -> str:
         r["mode"] = "maintenance" if r.get("maintenance") else "serving"
     return table(
         rows,
-        [("name", "VS"), ("addr", "ADDRESS"), ("class", "CLASS"), ("method", "METHOD"), ("mode", "MODE"),
-         ("eligible", "UP"), ("servers", "SERVERS"), ("active", "ACTIVE"), ("total", "TOTAL"), ("errs", "ERRORS")],
+        [
+            ("name", "VS"),
+            ("addr", "ADDRESS"),
+            ("class", "CLASS"),
+            ("method", "METHOD"),
+            ("mode", "MODE"),
+            ("eligible", "UP"),
+            ("servers", "SERVERS"),
+            ("active", "ACTIVE"),
+            ("total", "TOTAL"),
+            ("errs", "ERRORS"),
+        ],
     )
 
 
@@ -135,15 +155,26 @@ def render_flows(rows: list[dict[str, Any]]) -> str:
     """Human view of ``/flows``."""
     return table(
         rows,
-        [("dfs", "DFS"), ("flow_id", "FLOW"), ("vs", "VS"), ("client", "CLIENT"), ("vip", "VIP"), ("server", "SERVER"),
-         ("reaping", "REAPING"), ("inbound_bytes", "IN BYTES"), ("outbound_bytes", "OUT BYTES")],
+        [
+            ("dfs", "DFS"),
+            ("flow_id", "FLOW"),
+            ("vs", "VS"),
+            ("client", "CLIENT"),
+            ("vip", "VIP"),
+            ("server", "SERVER"),
+            ("reaping", "REAPING"),
+            ("inbound_bytes", "IN BYTES"),
+            ("outbound_bytes", "OUT BYTES"),
+        ],
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``cs`` argument parser."""
     p = argparse.ArgumentParser(prog="cs", description="Inspect and steer a running Control Segment daemon.")
-    p.add_argument("--url", default=DEFAULT_URL, help=f"status endpoint of the daemon (default {DEFAULT_URL})")
+    p.add_argument(
+        "--url", default=DEFAULT_URL, help=f"status endpoint of the daemon (default {DEFAULT_URL})"
+    )
     p.add_argument("--json", action="store_true", help="print the daemon's JSON instead of a table")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the daemon")
     sub = p.add_subparsers(dest="command", required=True)
@@ -152,8 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     flows.add_argument("--limit", type=int, default=100)
     sub.add_parser("servers", help="real servers with health and statistics")
     sub.add_parser("vs", help="virtual servers with statistics")
-    for name, text in (("drain", "stop sending new flows to SERVER (VS/SERVER for one VS)"),
-                       ("undrain", "let SERVER take new flows again")):
+    for name, text in (
+        ("drain", "stop sending new flows to SERVER (VS/SERVER for one VS)"),
+        ("undrain", "let SERVER take new flows again"),
+    ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("server")
     sub.add_parser("reload", help="re-read the configuration file")

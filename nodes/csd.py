@@ -100,7 +100,7 @@ class CsCsmbConnection(transport.CsmbConnection):
         if endpoint is not None:
             # A (re)connecting DFS restarts its SSMB serials.
             self.daemon.ssmb_receiver.forget(endpoint)
-        log.info("DFS %s established (SSMB %s)", self.label, "%s:%s" % endpoint if endpoint else "?")
+        log.info("DFS %s established (SSMB %s)", self.label, f"{endpoint[0]}:{endpoint[1]}" if endpoint else "?")
         self.send_all(out.csmb)
         self.daemon.send_ssmb(out.ssmb)
 
@@ -158,13 +158,19 @@ class CsDaemon:
         )
         assert self.ssmb.transport is not None
         with contextlib.suppress(OSError):
-            self.ssmb.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            self.ssmb.transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20
+            )
         ssmb_addr = self.ssmb.local_address
         self.ssmb_port = int(ssmb_addr[1])
         if s.standby:
             self.ssmb_sender.standby = (s.standby, self.ssmb_port)
-        csmb_server = await transport.start_csmb_server(s.csmb_listen, s.csmb_port, lambda: CsCsmbConnection(self))
-        http_server = await asyncio.start_server(self._on_http, s.status_listen, s.status_port, reuse_address=True)
+        csmb_server = await transport.start_csmb_server(
+            s.csmb_listen, s.csmb_port, lambda: CsCsmbConnection(self)
+        )
+        http_server = await asyncio.start_server(
+            self._on_http, s.status_listen, s.status_port, reuse_address=True
+        )
         self._servers = [csmb_server, http_server]
         csmb_addr = csmb_server.sockets[0].getsockname()
         http_addr = http_server.sockets[0].getsockname()
@@ -177,7 +183,10 @@ class CsDaemon:
         self._ticker = loop.create_task(self._tick_loop(), name="cs ticker")
         ready_log.info(
             "READY csmb=%s ssmb=%s status=%s vs=%d",
-            self.bound["csmb"], self.bound["ssmb"], self.bound["status"], len(self.cs.vs),
+            self.bound["csmb"],
+            self.bound["ssmb"],
+            self.bound["status"],
+            len(self.cs.vs),
         )
 
     async def serve(self) -> None:
@@ -290,7 +299,8 @@ class CsDaemon:
         changes = self.cs.reload(config, self.now())
         new = config.settings
         moved = [
-            k for k in ("csmb_listen", "csmb_port", "ssmb_listen", "ssmb_port", "status_listen", "status_port")
+            k
+            for k in ("csmb_listen", "csmb_port", "ssmb_listen", "ssmb_port", "status_listen", "status_port")
             if getattr(old, k) != getattr(new, k)
         ]
         if moved:
@@ -322,8 +332,8 @@ class CsDaemon:
             {
                 "peer": c.label,
                 "state": c.session.state.value,
-                "version": None if c.session.negotiator.version is None else "%d.%d" % c.session.negotiator.version,
-                "ssmb": None if c.session.dfs_endpoint is None else "%s:%s" % c.session.dfs_endpoint,
+                "version": _fmt_pair(c.session.negotiator.version, "."),
+                "ssmb": _fmt_pair(c.session.dfs_endpoint, ":"),
                 "counters": {**c.counters, **c.session.counters, **c.session.negotiator.counters},
             }
             for c in list(self.connections)
@@ -353,7 +363,7 @@ class CsDaemon:
             for action in ("drain", "undrain"):
                 prefix = f"/{action}/"
                 if path.startswith(prefix):
-                    ref = urllib.parse.unquote(path[len(prefix):])
+                    ref = urllib.parse.unquote(path[len(prefix) :])
                     matched = self.set_drain(ref, action == "drain")
                     if not matched:
                         return 404, {"error": f"no real server {ref!r}"}
@@ -362,9 +372,13 @@ class CsDaemon:
                 try:
                     return 200, self.reload()
                 except ConfigError as exc:
-                    return 422, {"error": "configuration refused, the running one is kept",
-                                 "problems": [str(p) for p in exc.problems]}
-        if path in ("/", "/status", "/flows", "/servers", "/vs", "/reload") or path.startswith(("/drain/", "/undrain/")):
+                    return 422, {
+                        "error": "configuration refused, the running one is kept",
+                        "problems": [str(p) for p in exc.problems],
+                    }
+        if path in ("/", "/status", "/flows", "/servers", "/vs", "/reload") or path.startswith(
+            ("/drain/", "/undrain/")
+        ):
             return 405, {"error": f"{method} not allowed on {path}"}
         return 404, {"error": f"no such resource {path}"}
 
@@ -378,23 +392,33 @@ class CsDaemon:
                 status, body = 400, {"error": "bad request line"}
             else:
                 status, body = self.route(parts[0].upper(), parts[1])
-        except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, asyncio.LimitOverrunError, asyncio.IncompleteReadError, ValueError):
             status, body = 400, {"error": "bad or incomplete request"}
         except Exception:
             log.exception("status request failed")
         try:
             payload = json.dumps(body, indent=1).encode() + b"\n"
-            reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-                      422: "Unprocessable Entity"}.get(status, "Error")
+            reason = {
+                200: "OK",
+                400: "Bad Request",
+                404: "Not Found",
+                405: "Method Not Allowed",
+                422: "Unprocessable Entity",
+            }.get(status, "Error")
             writer.write(
                 f"HTTP/1.0 {status} {reason}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload
+                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+                + payload
             )
             await asyncio.wait_for(writer.drain(), HTTP_TIMEOUT)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             pass
         finally:
             writer.close()
+
+
+def _fmt_pair(pair: tuple[Any, Any] | None, sep: str) -> str | None:
+    return None if pair is None else f"{pair[0]}{sep}{pair[1]}"
 
 
 def _setup_logging(level: str, log_file: str | None) -> None:

@@ -34,7 +34,7 @@ async def probe_tcp(address: str, port: int, timeout: float) -> tuple[bool, str]
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout)
         return True, "connected"
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False, f"connect timeout after {timeout:g}s"
     except OSError as exc:
         return False, f"connect failed: {exc.strerror or exc}"
@@ -45,7 +45,9 @@ async def probe_tcp(address: str, port: int, timeout: float) -> tuple[bool, str]
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
 
 
-async def probe_http(address: str, port: int, path: str, expect_status: int, timeout: float) -> tuple[bool, str]:
+async def probe_http(
+    address: str, port: int, path: str, expect_status: int, timeout: float
+) -> tuple[bool, str]:
     """GET ``path``; success when the status code equals ``expect_status``."""
     writer: asyncio.StreamWriter | None = None
 
@@ -53,7 +55,9 @@ async def probe_http(address: str, port: int, path: str, expect_status: int, tim
         nonlocal writer
         reader, writer = await asyncio.open_connection(address, port)
         host = address if port == 80 else f"{address}:{port}"
-        request = f"GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: slb-cs-health\r\nConnection: close\r\n\r\n"
+        request = (
+            f"GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: slb-cs-health\r\nConnection: close\r\n\r\n"
+        )
         writer.write(request.encode("ascii"))
         await writer.drain()
         line = await reader.readuntil(b"\n")
@@ -69,7 +73,7 @@ async def probe_http(address: str, port: int, path: str, expect_status: int, tim
 
     try:
         return await asyncio.wait_for(run(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False, f"timeout after {timeout:g}s"
     except asyncio.IncompleteReadError:
         return False, "connection closed before a status line"

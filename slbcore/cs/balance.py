@@ -30,8 +30,8 @@ __all__ = [
     "Candidate",
     "FlowTuple",
     "LeastConnections",
-    "MaglevTable",
     "MaglevSelector",
+    "MaglevTable",
     "RoundRobin",
     "Selector",
     "SmoothWeightedRoundRobin",
@@ -70,7 +70,9 @@ class Selector(Protocol):
 
 def _hash64(data: bytes, salt: bytes = b"") -> int:
     # blake2b is stable across runs and platforms, unlike hash(); a standby CS must agree with the active one.
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8, person=salt[:16].ljust(16, b"\0")).digest(), "big")
+    return int.from_bytes(
+        hashlib.blake2b(data, digest_size=8, person=salt[:16].ljust(16, b"\0")).digest(), "big"
+    )
 
 
 class RoundRobin:
@@ -213,22 +215,33 @@ class MaglevSelector:
     def __init__(self, table_size: int = 65537) -> None:
         self.table_size = table_size
         self._table: MaglevTable | None = None
+        self._last_candidates: Sequence[Candidate] | None = None
+        self._by_name: dict[str, Candidate] = {}
         self.rebuilds = 0
 
     def choose(self, candidates: Sequence[Candidate], flow: FlowTuple) -> Candidate | None:
         """Look the flow up in the table for the current eligible set."""
         if not candidates:
             return None
-        backends = tuple(sorted((c.name, c.weight) for c in candidates))
-        if self._table is None or self._table.backends != backends:
-            self._table = MaglevTable(backends, self.table_size)
-            self.rebuilds += 1
-        key = struct.pack("!4s4sHHB", _ip_bytes(flow.src_ip), _ip_bytes(flow.dst_ip), flow.src_port, flow.dst_port, flow.proto)
+        if candidates is not self._last_candidates:
+            # Callers usually pass the same cached list object until the eligible set changes.
+            backends = tuple(sorted((c.name, c.weight) for c in candidates))
+            if self._table is None or self._table.backends != backends:
+                self._table = MaglevTable(backends, self.table_size)
+                self.rebuilds += 1
+            self._last_candidates = candidates
+            self._by_name = {c.name: c for c in candidates}
+        assert self._table is not None
+        key = struct.pack(
+            "!4s4sHHB",
+            _ip_bytes(flow.src_ip),
+            _ip_bytes(flow.dst_ip),
+            flow.src_port,
+            flow.dst_port,
+            flow.proto,
+        )
         name = self._table.lookup(key)
-        for c in candidates:
-            if c.name == name:
-                return c
-        return None
+        return self._by_name.get(name) if name is not None else None
 
 
 def _ip_bytes(ip: str) -> bytes:

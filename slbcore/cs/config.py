@@ -30,7 +30,7 @@ import ipaddress
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -74,7 +74,7 @@ MAX_U32 = 0xFFFFFFFF
 VsKey = tuple[str, int, int]
 
 
-class Method(str, Enum):
+class Method(StrEnum):
     """Server selection method of a virtual server."""
 
     ROUND_ROBIN = "round_robin"
@@ -264,7 +264,14 @@ class _Reader:
 
 
 def _kind_name(kinds: tuple[type, ...]) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array", dict: "a table"}
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "a table",
+    }
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
@@ -338,7 +345,9 @@ def _settings(r: _Reader, table: Any) -> CsSettings:
         status_listen=r.get(table, "status_listen", p, str, d.status_listen, _ipv4),
         status_port=r.get(table, "status_port", p, int, d.status_port, _port(True)),
         standby=r.get(table, "standby", p, str, None, _ipv4),  # type: ignore[arg-type]
-        flow_idle_timeout=r.get(table, "flow_idle_timeout", p, float, d.flow_idle_timeout, _range(0.01, 86400 * 7)),
+        flow_idle_timeout=r.get(
+            table, "flow_idle_timeout", p, float, d.flow_idle_timeout, _range(0.01, 86400 * 7)
+        ),
         reap_interval=r.get(table, "reap_interval", p, float, d.reap_interval, _range(0.001, 3600)),
         reap_response_timeout=r.get(
             table, "reap_response_timeout", p, float, d.reap_response_timeout, _range(0.01, 3600)
@@ -359,14 +368,18 @@ def _health(r: _Reader, table: Any, path: str) -> HealthCheckConfig | None:
         r.problem(path, "expected a table")
         return None
     d = HealthCheckConfig()
-    r.check_keys(table, {"type", "path", "expect_status", "interval", "timeout", "rise", "fall", "initial_state"}, path)
+    r.check_keys(
+        table, {"type", "path", "expect_status", "interval", "timeout", "rise", "fall", "initial_state"}, path
+    )
 
     def kind_ok(v: str) -> str | None:
         return None if v in ("tcp", "http") else f"{v!r} is not one of: tcp, http"
 
     def path_ok(v: str) -> str | None:
         if not v.startswith("/") or any(c in v for c in "\r\n ") or len(v) > 1024:
-            return f"{v!r} must start with '/', contain no spaces or line breaks, and be at most 1024 characters"
+            return (
+                f"{v!r} must start with '/', contain no spaces or line breaks, and be at most 1024 characters"
+            )
         return None
 
     def state_ok(v: str) -> str | None:
@@ -450,8 +463,19 @@ def _virtual_server(r: _Reader, table: Any, path: str) -> VirtualServerConfig | 
     r.check_keys(
         table,
         {
-            "name", "vip", "port", "protocol", "vs_class", "flags", "method", "persistence",
-            "connection_limit", "maintenance", "health_check", "maglev_table_size", "real_server",
+            "name",
+            "vip",
+            "port",
+            "protocol",
+            "vs_class",
+            "flags",
+            "method",
+            "persistence",
+            "connection_limit",
+            "maintenance",
+            "health_check",
+            "maglev_table_size",
+            "real_server",
         },
         path,
     )
@@ -493,12 +517,17 @@ def _virtual_server(r: _Reader, table: Any, path: str) -> VirtualServerConfig | 
         if rs is None:
             continue
         if rs.name in seen:
-            r.problem(f"{rs_path}.name", f"duplicate real server name {rs.name!r} (also real_server[{seen[rs.name]}])")
+            r.problem(
+                f"{rs_path}.name",
+                f"duplicate real server name {rs.name!r} (also real_server[{seen[rs.name]}])",
+            )
             continue
         seen[rs.name] = i
         servers.append(rs)
     if vs_class == "dfs_assist" and len(servers) * 8 > 8192:
-        r.problem(f"{path}.real_server", f"{len(servers)} servers do not fit a DFS_ASSIST pool (at most 1024)")
+        r.problem(
+            f"{path}.real_server", f"{len(servers)} servers do not fit a DFS_ASSIST pool (at most 1024)"
+        )
 
     vs = VirtualServerConfig(
         name=name,
@@ -536,7 +565,10 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> CsConfig:
         if vs is None:
             continue
         if vs.name in names:
-            r.problem(f"{path}.name", f"duplicate virtual server name {vs.name!r} (also virtual_server[{names[vs.name]}])")
+            r.problem(
+                f"{path}.name",
+                f"duplicate virtual server name {vs.name!r} (also virtual_server[{names[vs.name]}])",
+            )
             continue
         if vs.key in keys:
             r.problem(

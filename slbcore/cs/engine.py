@@ -38,7 +38,7 @@ import dataclasses
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from slbcore.cs.balance import Candidate, FlowTuple, Selector, make_selector
 from slbcore.cs.config import (
@@ -50,6 +50,7 @@ from slbcore.cs.config import (
     CsConfig,
     CsSettings,
     HealthCheckConfig,
+    Method,
     RealServerConfig,
     VirtualServerConfig,
     VsKey,
@@ -78,11 +79,6 @@ MAX_REMEMBERED_REFUSALS = 65536
 MAX_DFS_BUCKETS = 4096
 ZERO_IP = "0.0.0.0"
 
-SsmbMessage = Union[
-    ssmb.Query, ssmb.AppQuery, ssmb.Reply, ssmb.Delete, ssmb.Reap, ssmb.Stats, ssmb.NewFlow, ssmb.Reset
-]
-
-
 @dataclass(frozen=True, slots=True)
 class SsmbOut:
     """An SSMB message to send to ``dest`` (the sender stamps serials and batches low priority)."""
@@ -98,7 +94,7 @@ class ResetAck:
     dfs: Endpoint
 
 
-Outgoing = Union[SsmbOut, ResetAck]
+Outgoing = SsmbOut | ResetAck
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,12 +196,29 @@ class VsRuntime:
     selector: Selector
     servers: dict[str, ServerRuntime]
     stats: VsStats = field(default_factory=VsStats)
+    _eligible: list[ServerRuntime] | None = None
+    _candidates: list[Candidate] | None = None
+
+    def invalidate(self) -> None:
+        """Eligibility of some server changed (health, drain, pool): rebuild the candidate list lazily."""
+        self._eligible = None
+        self._candidates = None
 
     def candidates(self) -> list[Candidate]:
-        """Eligible servers in configuration order, as the selectors see them."""
-        return [
-            Candidate(s.config.name, s.config.weight, s.stats.active) for s in self.servers.values() if s.eligible
-        ]
+        """Eligible servers in configuration order, as the selectors see them.
+
+        The list is cached until :meth:`invalidate`; only least connections needs live flow counts, so
+        for it the (cheap) Candidate objects are rebuilt from the cached eligible servers on each call.
+        """
+        eligible = self._eligible
+        if eligible is None:
+            eligible = self._eligible = [s for s in self.servers.values() if s.eligible]
+            self._candidates = None
+        if self.config.method is Method.LEAST_CONNECTIONS:
+            return [Candidate(s.config.name, s.config.weight, s.stats.active) for s in eligible]
+        if self._candidates is None:
+            self._candidates = [Candidate(s.config.name, s.config.weight) for s in eligible]
+        return self._candidates
 
     def definition(self) -> csmb.VirtualServer:
         """The CSMB virtual server definition (with the pool for DFS_ASSIST)."""
@@ -268,7 +281,11 @@ class ControlSegment:
             and old.config.method is cfg.method
             and old.config.maglev_table_size == cfg.maglev_table_size
         )
-        selector = old.selector if same_method and old is not None else make_selector(cfg.method, cfg.maglev_table_size)
+        selector = (
+            old.selector
+            if same_method and old is not None
+            else make_selector(cfg.method, cfg.maglev_table_size)
+        )
         servers: dict[str, ServerRuntime] = {}
         for rs in cfg.real_servers:
             prev = old.servers.get(rs.name) if old is not None else None
@@ -283,10 +300,12 @@ class ControlSegment:
                 servers[rs.name] = ServerRuntime(rs, health, prev.stats, prev.admin_drain)
             else:
                 if prev is not None and prev.stats.active > 0:
-                    # Same name, new address: the old incarnation keeps serving its flows under a private name.
-                    servers[f"{rs.name}~{prev.config.address}:{prev.config.port}"] = dataclasses.replace(
-                        prev, retired=True
-                    )
+                    # Same name, new address: the old incarnation keeps its flows under a private name.
+                    private = f"{rs.name}~{prev.config.address}:{prev.config.port}"
+                    servers[private] = dataclasses.replace(prev, retired=True)
+                    for flow in self.flows:
+                        if flow.vs == cfg.name and flow.server == rs.name:
+                            flow.server = private
                 health = _new_health(cfg.health_check) if cfg.health_check is not None else None
                 servers[rs.name] = ServerRuntime(rs, health)
         if old is not None:
@@ -524,7 +543,9 @@ class ControlSegment:
                 bound = rt.servers.get(rec.server)
                 if bound is not None and bound.eligible:
                     self.counters["persistence_hit"] += 1
-                    self.persistence.bind(cfg.name, q.orig_src_ipaddr, bound.config.name, cfg.persistence.timeout, now)
+                    self.persistence.bind(
+                        cfg.name, q.orig_src_ipaddr, bound.config.name, cfg.persistence.timeout, now
+                    )
                     return bound, True
                 self.counters["persistence_rebound"] += 1
         pick = rt.selector.choose(
@@ -671,7 +692,9 @@ class ControlSegment:
         if flow is None:
             self.counters[f"{kind}_unknown_flow"] += 1
             return
-        if flow.client_ip != msg.orig_src_ipaddr or (flow.client_port and flow.client_port != msg.orig_src_port):
+        if flow.client_ip != msg.orig_src_ipaddr or (
+            flow.client_port and flow.client_port != msg.orig_src_port
+        ):
             self.counters[f"{kind}_flow_mismatch"] += 1
             return
         self._account(flow, msg)
@@ -717,6 +740,7 @@ class ControlSegment:
             server.stats.active = max(0, server.stats.active - 1)
             if server.retired and server.stats.active == 0:
                 del rt.servers[flow.server]
+                rt.invalidate()
         if flow.persistent:
             self.persistence.release(flow.vs, flow.client_ip, now)
             if self.persistence.get(flow.vs, flow.client_ip, now) is None:
@@ -809,6 +833,7 @@ class ControlSegment:
             self.counters["health_checks_failed"] += 1
         if not s.health.record(ok, now, detail):
             return []
+        rt.invalidate()
         self.counters["health_up" if s.health.state is HealthState.UP else "health_down"] += 1
         if s.health.state is HealthState.DOWN and rt.config.persistence is not None:
             self.persistence.forget_server(vs, server)
@@ -830,6 +855,7 @@ class ControlSegment:
                 continue
             before = s.eligible
             s.admin_drain = drain
+            rt.invalidate()
             matched.append(f"{rt.config.name}/{server_name}")
             if s.eligible != before:
                 changes.extend(self._pool_changed(rt))
@@ -953,4 +979,3 @@ class ControlSegment:
 def _new_health(hc: HealthCheckConfig) -> HealthMachine:
     state = HealthState.UP if hc.initial_state == "up" else HealthState.DOWN
     return HealthMachine(rise=hc.rise, fall=hc.fall, state=state)
-

@@ -8,12 +8,12 @@ agrees with the current state resets the opposite counter, so one flapping probe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 __all__ = ["HealthMachine", "HealthState"]
 
 
-class HealthState(str, Enum):
+class HealthState(StrEnum):
     """Health of a real server as seen by its probes."""
 
     UP = "up"

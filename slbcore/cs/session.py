@@ -47,7 +47,7 @@ STATUS_FLOW_TABLE_FULL = 1 << 0
 STATUS_VS_UNAVAILABLE = 1 << 1
 
 
-class SessionState(str, enum.Enum):
+class SessionState(enum.StrEnum):
     """Where the conversation is."""
 
     WAIT_HELLO = "wait_hello"  # connected, the DFS has not said HELLO yet
@@ -146,7 +146,9 @@ class DfsSession:
         if self.state is SessionState.WAIT_HELLO:
             self.state = SessionState.WAIT_ACK
             self._emit(out, [self.negotiator.start()])
-        elif self.state is SessionState.ESTABLISHED and endpoint is not None and endpoint != self.dfs_endpoint:
+        elif (
+            self.state is SessionState.ESTABLISHED and endpoint is not None and endpoint != self.dfs_endpoint
+        ):
             # A repeated HELLO that moves the DFS's SSMB endpoint: follow it.
             if self.dfs_endpoint is not None:
                 self.cs.unregister_dfs(self.dfs_endpoint)

@@ -35,7 +35,8 @@ flags = ["translate_addr", "translate_port", "route_by_dst_ip"]
 method = "weighted_round_robin"
 connection_limit = 100
 persistence = { timeout = 60 }
-health_check = { type = "http", path = "/health", expect_status = 204, interval = 1, timeout = 0.5, rise = 2, fall = 2 }
+health_check = { type = "http", path = "/health", expect_status = 204, interval = 1, timeout = 0.5, \
+  rise = 2, fall = 2 }
 
 [[virtual_server.real_server]]
 name = "web1"
@@ -108,36 +109,61 @@ def _problems(text: str, tmp_path: Path) -> str:
 @pytest.mark.parametrize(
     ("old", "new", "key", "words"),
     [
-        ('weight = 3', 'weight = -1', "virtual_server[0].real_server[0].weight", "out of range"),
-        ('weight = 3', 'weight = 70000', "virtual_server[0].real_server[0].weight", "out of range"),
-        ('weight = 3', 'weight = "3"', "virtual_server[0].real_server[0].weight", "expected an integer"),
-        ('weight = 3', 'weight = true', "virtual_server[0].real_server[0].weight", "boolean"),
-        ('address = "10.0.1.1"', 'address = "10.0.1.300"', "virtual_server[0].real_server[0].address", "IPv4"),
-        ('address = "10.0.1.2"', '', "virtual_server[0].real_server[1].address", "missing"),
+        ("weight = 3", "weight = -1", "virtual_server[0].real_server[0].weight", "out of range"),
+        ("weight = 3", "weight = 70000", "virtual_server[0].real_server[0].weight", "out of range"),
+        ("weight = 3", 'weight = "3"', "virtual_server[0].real_server[0].weight", "expected an integer"),
+        ("weight = 3", "weight = true", "virtual_server[0].real_server[0].weight", "boolean"),
+        (
+            'address = "10.0.1.1"',
+            'address = "10.0.1.300"',
+            "virtual_server[0].real_server[0].address",
+            "IPv4",
+        ),
+        ('address = "10.0.1.2"', "", "virtual_server[0].real_server[1].address", "missing"),
         ('next_hop = "10.0.1.254"', 'next_hop = "gw"', "virtual_server[0].real_server[0].next_hop", "IPv4"),
         ('name = "web2"', 'name = "web1"', "virtual_server[0].real_server[1].name", "duplicate"),
-        ('port = 8080', 'port = 65536', "virtual_server[0].real_server[0].port", "out of range"),
-        ('port = 80', 'port = 0', "virtual_server[0].port", "out of range"),
-        ('port = 80\n', '', "virtual_server[0].port", "missing"),
+        ("port = 8080", "port = 65536", "virtual_server[0].real_server[0].port", "out of range"),
+        ("port = 80", "port = 0", "virtual_server[0].port", "out of range"),
+        ("port = 80\n", "", "virtual_server[0].port", "missing"),
         ('vip = "10.0.0.100"', 'vip = "x"', "virtual_server[0].vip", "IPv4"),
         ('protocol = "tcp"', 'protocol = "sctp"', "virtual_server[0].protocol", "not one of"),
         ('method = "maglev"', 'method = "random"', "virtual_server[1].method", "not one of"),
         ('vs_class = "dfs_assist"', 'vs_class = "proxy"', "virtual_server[1].vs_class", "not one of"),
         ('"route_by_dst_ip"]', '"bogus"]', "virtual_server[0].flags[2]", "not one of"),
-        ('maglev_table_size = 251', 'maglev_table_size = 250', "virtual_server[1].maglev_table_size", "prime"),
-        ('connection_limit = 100', 'connection_limit = -5', "virtual_server[0].connection_limit", "out of range"),
-        ('rise = 2,', 'rise = 0,', "virtual_server[0].health_check.rise", "out of range"),
+        (
+            "maglev_table_size = 251",
+            "maglev_table_size = 250",
+            "virtual_server[1].maglev_table_size",
+            "prime",
+        ),
+        (
+            "connection_limit = 100",
+            "connection_limit = -5",
+            "virtual_server[0].connection_limit",
+            "out of range",
+        ),
+        ("rise = 2,", "rise = 0,", "virtual_server[0].health_check.rise", "out of range"),
         ('type = "http"', 'type = "icmp"', "virtual_server[0].health_check.type", "not one of"),
         ('path = "/health"', 'path = "health"', "virtual_server[0].health_check.path", "start with"),
-        ('timeout = 0.5,', 'timeout = 5,', "virtual_server[0].health_check.timeout", "exceed"),
-        ('persistence = { timeout = 60 }', 'persistence = { timeout = 0 }', "virtual_server[0].persistence.timeout", "range"),
-        ('persistence = { timeout = 60 }', 'persistence = { kind = 1 }', "virtual_server[0].persistence.kind", "unknown key"),
-        ('csmb_port = 17701', 'csmb_port = 99999', "cs.csmb_port", "out of range"),
-        ('csmb_port = 17701', 'csmb_prot = 17701', "cs.csmb_prot", "unknown key"),
-        ('standby = "10.0.0.2"', 'standby = 7', "cs.standby", "expected a string"),
-        ('flow_idle_timeout = 30', 'flow_idle_timeout = 0', "cs.flow_idle_timeout", "out of range"),
+        ("timeout = 0.5,", "timeout = 5,", "virtual_server[0].health_check.timeout", "exceed"),
+        (
+            "persistence = { timeout = 60 }",
+            "persistence = { timeout = 0 }",
+            "virtual_server[0].persistence.timeout",
+            "range",
+        ),
+        (
+            "persistence = { timeout = 60 }",
+            "persistence = { kind = 1 }",
+            "virtual_server[0].persistence.kind",
+            "unknown key",
+        ),
+        ("csmb_port = 17701", "csmb_port = 99999", "cs.csmb_port", "out of range"),
+        ("csmb_port = 17701", "csmb_prot = 17701", "cs.csmb_prot", "unknown key"),
+        ('standby = "10.0.0.2"', "standby = 7", "cs.standby", "expected a string"),
+        ("flow_idle_timeout = 30", "flow_idle_timeout = 0", "cs.flow_idle_timeout", "out of range"),
         ('name = "dns"', 'name = "web"', "virtual_server[1].name", "duplicate virtual server name"),
-        ('drain = true', 'drain = "yes"', "virtual_server[0].real_server[1].drain", "boolean"),
+        ("drain = true", 'drain = "yes"', "virtual_server[0].real_server[1].drain", "boolean"),
         ('name = "dns1"', 'name = "a/b"', "virtual_server[1].real_server[0].name", "must not contain"),
     ],
 )
@@ -150,7 +176,9 @@ def test_each_bad_key_is_named(tmp_path: Path, old: str, new: str, key: str, wor
 
 
 def test_duplicate_vs_address_refused(tmp_path: Path) -> None:
-    text = GOOD.replace('vip = "10.0.0.53"', 'vip = "10.0.0.100"').replace('flags = ["wildcard_port"]', "port = 80")
+    text = GOOD.replace('vip = "10.0.0.53"', 'vip = "10.0.0.100"').replace(
+        'flags = ["wildcard_port"]', "port = 80"
+    )
     text = text.replace('protocol = "udp"', 'protocol = "tcp"')
     message = _problems(text, tmp_path)
     assert "virtual_server[1]: tcp 10.0.0.100:80 is already defined by virtual_server[0]" in message

@@ -46,22 +46,48 @@ weight = {wb}
 """
 
 
-def config(method: str = "round_robin", cs_extra: str = "query_rate = 0", vs_extra: str = "", wa: int = 1, wb: int = 1, tail: str = "") -> CsConfig:
+def config(
+    method: str = "round_robin",
+    cs_extra: str = "query_rate = 0",
+    vs_extra: str = "",
+    wa: int = 1,
+    wb: int = 1,
+    tail: str = "",
+) -> CsConfig:
     return parse_config_text(
         BASE.format(method=method, cs_extra=cs_extra, vs_extra=vs_extra, wa=wa, wb=wb) + tail, "test.toml"
     )
 
 
-def query(flow_id: int, src: str = "198.51.100.1", sport: int = 40000, dst: str = "10.0.0.100", dport: int = 80, proto: int = 6) -> ssmb.Query:
+def query(
+    flow_id: int,
+    src: str = "198.51.100.1",
+    sport: int = 40000,
+    dst: str = "10.0.0.100",
+    dport: int = 80,
+    proto: int = 6,
+) -> ssmb.Query:
     return ssmb.Query(
-        orig_src_ipaddr=src, orig_dst_ipaddr=dst, orig_src_port=sport, orig_dst_port=dport, proto=proto, flow_id=flow_id
+        orig_src_ipaddr=src,
+        orig_dst_ipaddr=dst,
+        orig_src_port=sport,
+        orig_dst_port=dport,
+        proto=proto,
+        flow_id=flow_id,
     )
 
 
-def endflow(cls: Any, flow_id: int, src: str = "198.51.100.1", sport: int = 40000, error: int = 0, **counts: int) -> Any:
+def endflow(
+    cls: Any, flow_id: int, src: str = "198.51.100.1", sport: int = 40000, error: int = 0, **counts: int
+) -> Any:
     return cls(
-        orig_src_ipaddr=src, orig_dst_ipaddr="10.0.0.100", orig_src_port=sport, orig_dst_port=80, flow_id=flow_id,
-        error=error, **counts,
+        orig_src_ipaddr=src,
+        orig_dst_ipaddr="10.0.0.100",
+        orig_src_port=sport,
+        orig_dst_port=80,
+        flow_id=flow_id,
+        error=error,
+        **counts,
     )
 
 
@@ -81,7 +107,12 @@ def test_reply_fields_translate_and_next_hop() -> None:
     r2 = one_reply(cs.handle(query(2, sport=40001), DFS, 0.0))
     # server b has no port (keep the client's) and no next hop (its own address)
     assert (r2.new_dst_ipaddr, r2.new_dst_port, r2.next_hop_ipaddr) == ("10.0.1.2", 80, "10.0.1.2")
-    assert (r2.orig_src_ipaddr, r2.orig_src_port, r2.orig_dst_ipaddr, r2.orig_dst_port) == ("198.51.100.1", 40001, "10.0.0.100", 80)
+    assert (r2.orig_src_ipaddr, r2.orig_src_port, r2.orig_dst_ipaddr, r2.orig_dst_port) == (
+        "198.51.100.1",
+        40001,
+        "10.0.0.100",
+        80,
+    )
     assert len(cs.flows) == 2
 
 
@@ -199,10 +230,19 @@ def test_query_rate_limit_per_dfs() -> None:
 def test_delete_accounts_and_removes() -> None:
     cs = ControlSegment(config())
     r = one_reply(cs.handle(query(1), DFS, 0.0))
-    cs.handle(endflow(ssmb.Delete, 1, inbound_bytes=100, outbound_bytes=2000, inbound_pkts=3, outbound_pkts=4), DFS, 1.0)
+    cs.handle(
+        endflow(ssmb.Delete, 1, inbound_bytes=100, outbound_bytes=2000, inbound_pkts=3, outbound_pkts=4),
+        DFS,
+        1.0,
+    )
     assert len(cs.flows) == 0
     web = cs.vs["web"]
-    assert (web.stats.active, web.stats.total, web.stats.inbound_bytes, web.stats.outbound_pkts) == (0, 1, 100, 4)
+    assert (web.stats.active, web.stats.total, web.stats.inbound_bytes, web.stats.outbound_pkts) == (
+        0,
+        1,
+        100,
+        4,
+    )
     server = "a" if r.new_dst_ipaddr == "10.0.1.1" else "b"
     assert web.servers[server].stats.outbound_bytes == 2000 and web.servers[server].stats.active == 0
 
@@ -284,7 +324,9 @@ def test_persistence_sticks_and_times_out() -> None:
 
 
 def test_persistence_rebinds_when_server_down() -> None:
-    cs = ControlSegment(config(vs_extra='persistence = { timeout = 30 }\nhealth_check = { type = "tcp", fall = 1 }'))
+    cs = ControlSegment(
+        config(vs_extra='persistence = { timeout = 30 }\nhealth_check = { type = "tcp", fall = 1 }')
+    )
     first = one_reply(cs.handle(query(1, sport=1), DFS, 0.0))
     name = "a" if first.new_dst_ipaddr == "10.0.1.1" else "b"
     cs.health_result("web", name, False, 1.0)
@@ -326,10 +368,13 @@ def test_drain_no_new_flows_existing_finish() -> None:
 
 def test_disabled_server_gets_nothing() -> None:
     cfg = parse_config_text(
-        BASE.format(method="round_robin", cs_extra="query_rate = 0", vs_extra="", wa=1, wb=1) + "disabled = true\n"
+        BASE.format(method="round_robin", cs_extra="query_rate = 0", vs_extra="", wa=1, wb=1)
+        + "disabled = true\n"
     )
     cs = ControlSegment(cfg)
-    assert {one_reply(cs.handle(query(i, sport=i), DFS, 0.0)).new_dst_ipaddr for i in range(6)} == {"10.0.1.1"}
+    assert {one_reply(cs.handle(query(i, sport=i), DFS, 0.0)).new_dst_ipaddr for i in range(6)} == {
+        "10.0.1.1"
+    }
 
 
 @pytest.mark.parametrize(
@@ -346,7 +391,9 @@ def test_distribution_through_engine(method: str, wa: int, wb: int, expect_a: fl
     cs = ControlSegment(config(method=method, wa=wa, wb=wb))
     n = 2000
     picks = Counter(
-        one_reply(cs.handle(query(i, src=f"198.51.{i // 250}.{i % 250}", sport=1000 + i), DFS, 0.0)).new_dst_ipaddr
+        one_reply(
+            cs.handle(query(i, src=f"198.51.{i // 250}.{i % 250}", sport=1000 + i), DFS, 0.0)
+        ).new_dst_ipaddr
         for i in range(n)
     )
     share = picks["10.0.1.1"] / n
@@ -401,10 +448,15 @@ def test_reload_diff_and_state_carry_over() -> None:
     cs = ControlSegment(config())
     cs.handle(query(1), DFS, 0.0)
     cs.set_drain("b", True)
-    new = config(wa=5, tail='\n[[virtual_server]]\nname = "new"\nvip = "10.0.0.101"\nport = 80\n'
-                 '[[virtual_server.real_server]]\nname = "n"\naddress = "10.0.5.1"\n')
+    new = config(
+        wa=5,
+        tail='\n[[virtual_server]]\nname = "new"\nvip = "10.0.0.101"\nport = 80\n'
+        '[[virtual_server.real_server]]\nname = "n"\naddress = "10.0.5.1"\n',
+    )
     changes = cs.reload(new, 1.0)
-    assert [(c.kind, c.name) for c in changes] == [("add", "new")], "a weight change is not visible on the wire for CS_ASSIST"
+    assert [(c.kind, c.name) for c in changes] == [("add", "new")], (
+        "a weight change is not visible on the wire for CS_ASSIST"
+    )
     assert cs.vs["web"].stats.active == 1 and len(cs.flows) == 1
     assert cs.vs["web"].servers["b"].draining, "operator drain survives reload"
     changes = cs.reload(config(), 2.0)
@@ -412,8 +464,12 @@ def test_reload_diff_and_state_carry_over() -> None:
 
 
 def test_reload_removes_vs_and_its_flows() -> None:
-    cs = ControlSegment(config(tail='\n[[virtual_server]]\nname = "x"\nvip = "10.0.0.102"\nport = 80\n'
-                               '[[virtual_server.real_server]]\nname = "n"\naddress = "10.0.5.1"\n'))
+    cs = ControlSegment(
+        config(
+            tail='\n[[virtual_server]]\nname = "x"\nvip = "10.0.0.102"\nport = 80\n'
+            '[[virtual_server.real_server]]\nname = "n"\naddress = "10.0.5.1"\n'
+        )
+    )
     cs.handle(query(1, dst="10.0.0.102"), DFS, 0.0)
     cs.handle(query(2), DFS, 0.0)
     changes = cs.reload(config(), 1.0)
@@ -426,12 +482,16 @@ def test_reload_server_removed_keeps_flows_until_end() -> None:
     r = one_reply(cs.handle(query(1), DFS, 0.0))
     assert r.new_dst_ipaddr == "10.0.1.1"
     only_b = parse_config_text(
-        BASE.format(method="round_robin", cs_extra="query_rate = 0", vs_extra="", wa=1, wb=1).split("[[virtual_server.real_server]]")[0]
+        BASE.format(method="round_robin", cs_extra="query_rate = 0", vs_extra="", wa=1, wb=1).split(
+            "[[virtual_server.real_server]]"
+        )[0]
         + '[[virtual_server.real_server]]\nname = "b"\naddress = "10.0.1.2"\n'
     )
     cs.reload(only_b, 1.0)
     assert cs.vs["web"].servers["a"].state == "retired"
-    assert {one_reply(cs.handle(query(i, sport=i), DFS, 1.0)).new_dst_ipaddr for i in range(2, 6)} == {"10.0.1.2"}
+    assert {one_reply(cs.handle(query(i, sport=i), DFS, 1.0)).new_dst_ipaddr for i in range(2, 6)} == {
+        "10.0.1.2"
+    }
     cs.handle(endflow(ssmb.Delete, 1), DFS, 2.0)
     assert "a" not in cs.vs["web"].servers
 

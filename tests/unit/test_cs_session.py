@@ -125,7 +125,7 @@ def test_query_vs_status_reset_and_unsupported() -> None:
 
 def test_announce_changes_only_when_established() -> None:
     cs, session = new_session()
-    new = parse_config_text(CONFIG.split("[[virtual_server]]\nname = \"dns\"")[0])
+    new = parse_config_text(CONFIG.split('[[virtual_server]]\nname = "dns"')[0])
     assert session.announce(cs.reload(new, 1.0)) == []
     cs2, session2 = new_session()
     establish(cs2, session2)
