@@ -750,7 +750,6 @@ class BenchTestbed:
     def start_lb(self) -> str | None:
         """Start the CS and DFS daemons; return None, or why the load balancer is unavailable."""
         from nodes.daemon import DaemonError
-        from topo.lab import wait_for
 
         remember = self.lab.testbed.remember_pid
         try:
@@ -759,18 +758,23 @@ class BenchTestbed:
             for spec_d, node in zip(self.spec.dfs, self.lab.dfs_nodes, strict=True):
                 node.start_dfs(self.spec.dfs_config(spec_d), self.lab.run_dir, remember)
             self.lab.wait_ready(timeout=30)
-            client = self.node(self.spec.clients[0].name)
-            for vs in self.spec.virtual_servers:
-                url = f"http://{vs['vip']}:{vs['port']}/"
-                wait_for(
-                    f"{vs['name']} ({url}) to answer",
-                    lambda url=url: client.http_get(url, 2.0)[0] == 200,
-                    timeout=30,
-                    interval=0.5,
-                )
         except (DaemonError, TimeoutError, OSError, KeyError, subprocess.SubprocessError) as exc:
             return short_reason(exc)
         return None
+
+    def vip_problem(self, vip: str, port: int, timeout: float = 20.0) -> str | None:
+        """None once ``vip``:``port`` answers HTTP 200 from the first client, else why not."""
+        client = self.node(self.spec.clients[0].name)
+        url = f"http://{vip}:{port}/"
+        deadline = time.monotonic() + timeout
+        status, body = 0, ""
+        while time.monotonic() < deadline:
+            status, body = client.http_get(url, 2.0)
+            if status == 200:
+                return None
+            time.sleep(0.5)
+        last = body.strip().splitlines()[-1][:200] if body.strip() else "no answer"
+        return f"VIP {vip}:{port} did not answer within {timeout:.0f}s (last: status {status}, {last})"
 
     def lb_pids(self) -> dict[str, int | None]:
         """The pids of the CS and DFS daemons (None when not running)."""
@@ -1132,6 +1136,10 @@ def run_scaling(bed: BenchTestbed, pids: dict[str, int | None]) -> dict[str, Any
         if vs is None:
             out[cls] = {"status": f"unavailable: the testbed has no {cls} VIP on port {SINK_PORT}"}
             continue
+        problem = bed.vip_problem(vs["vip"], SINK_PORT)
+        if problem:
+            out[cls] = {"status": f"unavailable: {problem}"}
+            continue
         s.log(f"*** scaling {cls}: holding flows through {vs['vip']}:{SINK_PORT}")
         rows: list[dict[str, Any]] = []
         notes: list[str] = []
@@ -1267,7 +1275,16 @@ def run_topology(settings: Settings, config: Path = BENCH_TOML) -> dict[str, Any
                 doc["scaling"] = {"status": f"unavailable: {reason}"}
             else:
                 pids = bed.lb_pids()
-                doc["scenarios"].update(run_scenarios(bed, lb, pids, dfs_window=True))
+                tgs = targets(spec)
+                ready = []
+                for name in lb:
+                    problem = bed.vip_problem(tgs[name].host, tgs[name].port)
+                    if problem:
+                        settings.log(f"    {name} unavailable: {problem}")
+                        doc["scenarios"][name] = {"status": f"unavailable: {problem}", "path": PATHS[name]}
+                    else:
+                        ready.append(name)
+                doc["scenarios"].update(run_scenarios(bed, ready, pids, dfs_window=True))
                 if settings.scaling:
                     doc["scaling"] = run_scaling(bed, pids)
                 problems = bed.lab.log_problems()

@@ -89,8 +89,8 @@ def render_status(data: dict[str, Any]) -> str:
     lines = [
         f"config:        {data.get('config')}",
         f"uptime:        {data.get('uptime')} s",
-        f"virtual srvs:  {data.get('virtual_servers')}",
-        f"flows:         {data.get('flows')} / {data.get('max_flows')}",
+        f"virtual srvs:  {len(data.get('virtual_servers') or [])}",
+        f"flows:         {(data.get('flows') or {}).get('active')} / {(data.get('flows') or {}).get('max')}",
         f"persistence:   {data.get('persistence_records')} records",
         f"DFS sessions:  {', '.join(data.get('dfs') or []) or 'none'}",
     ]

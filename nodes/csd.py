@@ -50,6 +50,9 @@ ready_log.setLevel(logging.INFO)
 HTTP_TIMEOUT = 5.0
 # A DFS that stops reading must not make the CS buffer its configuration stream forever.
 CSMB_WRITE_HIGH_WATER = 4 * 1024 * 1024
+# A connection that has not completed HELLO by then is closed (it holds a socket and a session).
+HELLO_DEADLINE = 30.0
+MAX_CSMB_CONNECTIONS = 1024
 
 
 class CsCsmbConnection(transport.CsmbConnection):
@@ -60,6 +63,7 @@ class CsCsmbConnection(transport.CsmbConnection):
         self.daemon = daemon
         self.session: DfsSession | None = None
         self.label = "?"
+        self._hello_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, tr: asyncio.BaseTransport) -> None:
         """Build the session (it needs the local address for HELLO), then let slbproto take over."""
@@ -78,10 +82,25 @@ class CsCsmbConnection(transport.CsmbConnection):
             standby_ip=settings.standby,
         )
         self.negotiator = self.session.negotiator
-        self.daemon.connections.add(self)
         self.daemon.cs.counters["csmb_connections"] += 1
+        if len(self.daemon.connections) >= MAX_CSMB_CONNECTIONS:
+            self.daemon.cs.counters["csmb_refused_too_many"] += 1
+            log.warning(
+                "CSMB connection from %s refused: %d connections open", self.label, MAX_CSMB_CONNECTIONS
+            )
+            tr.close()
+            return
+        self.daemon.connections.add(self)
         log.info("CSMB connection from %s", self.label)
+        self._hello_timer = asyncio.get_running_loop().call_later(HELLO_DEADLINE, self._hello_overdue)
         super().connection_made(tr)
+
+    def _hello_overdue(self) -> None:
+        self._hello_timer = None
+        if self.session is not None and not self.session.established:
+            self.daemon.cs.counters["csmb_hello_timeout"] += 1
+            log.warning("CSMB %s: no completed HELLO within %gs; closing", self.label, HELLO_DEADLINE)
+            self.close()
 
     def send_all(self, messages: list[Any]) -> None:
         """Send messages (serials stamped by slbproto); close a peer that stopped reading."""
@@ -95,12 +114,17 @@ class CsCsmbConnection(transport.CsmbConnection):
 
     def _on_established(self, _conn: transport.CsmbConnection) -> None:
         assert self.session is not None
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
         out = self.session.mark_established(self.daemon.now())
         endpoint = self.session.dfs_endpoint
         if endpoint is not None:
             # A (re)connecting DFS restarts its SSMB serials.
             self.daemon.ssmb_receiver.forget(endpoint)
-        log.info("DFS %s established (SSMB %s)", self.label, f"{endpoint[0]}:{endpoint[1]}" if endpoint else "?")
+        log.info(
+            "DFS %s established (SSMB %s)", self.label, f"{endpoint[0]}:{endpoint[1]}" if endpoint else "?"
+        )
         self.send_all(out.csmb)
         self.daemon.send_ssmb(out.ssmb)
 
@@ -114,6 +138,9 @@ class CsCsmbConnection(transport.CsmbConnection):
             self.close()
 
     def _on_closed(self, _conn: transport.CsmbConnection, reason: BaseException | None) -> None:
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
         if self.session is not None:
             self.session.closed()
         self.daemon.connections.discard(self)

@@ -16,7 +16,9 @@ Three things differ from a stock Mininet run on these machines, and this module 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import sys
 import os
 import signal
 import subprocess
@@ -30,6 +32,7 @@ from mininet.node import Host, OVSSwitch
 from mininet.topo import Topo
 
 STATE_DIR = Path(os.environ.get("SLB_STATE_DIR", "/run/splitlb"))
+LOCK_WAIT = float(os.environ.get("SLB_LOCK_WAIT", "900"))
 OFFLOADS = ("tx", "rx", "tso", "gso", "gro")
 
 
@@ -115,7 +118,33 @@ class Testbed:
         self._save_state()
 
     # -- lifecycle --------------------------------------------------------------------------------
+    def _lock(self) -> None:
+        """Wait for any other testbed on this machine to finish: node names would clash."""
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(STATE_DIR / "testbed.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + LOCK_WAIT
+        told = False
+        while True:
+            try:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(self._lock_fd)
+                    self._lock_fd = -1
+                    raise RuntimeError(f"another testbed has held {STATE_DIR}/testbed.lock for {LOCK_WAIT:.0f}s") from None
+                if not told:
+                    print("*** another testbed is running on this machine; waiting for it to finish", file=sys.stderr)
+                    told = True
+                time.sleep(0.2)
+
+    def _unlock(self) -> None:
+        if getattr(self, "_lock_fd", -1) >= 0:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = -1
+
     def __enter__(self) -> Mininet:
+        self._lock()
         self._state["bridges"] = list(self.topo.switches())
         self._save_state()
         try:
@@ -145,6 +174,7 @@ class Testbed:
         kill_pids(self._state["pids"])
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
+        self._unlock()
 
     def leftovers(self) -> list[str]:
         """What of this testbed still exists (empty when teardown was complete)."""

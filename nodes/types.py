@@ -162,21 +162,32 @@ class DFSNode(SlbNode):
         self.switch_name = config["dfs"]["switch"]
         self.config_path = run_dir / f"{self.name}.toml"
         self.config_path.write_text(dumps(config))
-        d = self.start_daemon("dfsd", [PY, "-m", "nodes.dfsd", "--config", str(self.config_path)], run_dir, remember)
+        check = subprocess.run([PY, "-m", "nodes.dfsd", "--check", str(self.config_path)], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise DaemonError(f"{self.name}: configuration refused:\n{check.stdout}{check.stderr}")
+        d = self.start_daemon("dfsd", [PY, "-m", "nodes.dfsd", str(self.config_path)], run_dir, remember)
+        # OVS reaches a controller in another namespace only through a unix socket; the daemon
+        # listens on it and relays to its own 127.0.0.1 OpenFlow port.
+        self.controller_target = f"unix:{config['openflow']['unix_socket']}"
+        subprocess.run(["ovs-vsctl", "--timeout=5", "set-controller", self.switch_name, self.controller_target],
+                       check=True)
         self.wait_switch_connected()
         return d
+
+    def switch_connected(self) -> bool:
+        """Whether the DFS switch reports its controller connection up."""
+        out = subprocess.run(
+            ["ovs-vsctl", "--timeout=5", "--bare", "--columns=is_connected", "find", "controller",
+             f"target={json.dumps(self.controller_target)}"],
+            capture_output=True, text=True,
+        ).stdout
+        return "true" in out.split()
 
     def wait_switch_connected(self, timeout: float = 20.0) -> None:
         """Poll OVS until the bridge reports its controller connected."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            out = subprocess.run(
-                ["ovs-vsctl", "--timeout=5", "--columns=is_connected", "--bare", "list", "controller"],
-                capture_output=True, text=True,
-            ).stdout
-            ctl = subprocess.run(["ovs-vsctl", "--timeout=5", "get-controller", self.switch_name],
-                                 capture_output=True, text=True).stdout.strip()
-            if ctl and "true" in out.split():
+            if self.switch_connected():
                 return
             time.sleep(0.1)
         raise DaemonError(f"{self.name}: switch {self.switch_name} never connected to the DFS\n{self.log_text()[-3000:]}")

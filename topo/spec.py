@@ -141,7 +141,7 @@ class Spec:
         doc: dict[str, Any] = {
             "dfs": {"name": dfs.name, "switch": dfs.switch, "mgmt_ipaddr": dfs.mgmt_ipaddr, "ssmb_port": 7700},
             "cs": {"ipaddr": primary.mgmt_ipaddr, "csmb_port": csmb_port, "ssmb_port": ssmb_port},
-            "openflow": {"listen_port": 6653},
+            "openflow": {"listen_port": 6653, "unix_socket": f"/var/run/openvswitch/{dfs.name}.sock"},
             "status": {"port": 7790},
             "interface": [
                 {

@@ -333,7 +333,7 @@ def _settings(r: _Reader, table: Any) -> CsSettings:
     if not isinstance(table, dict):
         r.problem("cs", "expected a table")
         return d
-    allowed = set(CsSettings.__slots__)  # type: ignore[attr-defined]
+    allowed = set(CsSettings.__slots__)
     r.check_keys(table, allowed, "cs")
     p = "cs"
     return CsSettings(
@@ -341,10 +341,10 @@ def _settings(r: _Reader, table: Any) -> CsSettings:
         csmb_port=r.get(table, "csmb_port", p, int, d.csmb_port, _port(True)),
         ssmb_listen=r.get(table, "ssmb_listen", p, str, d.ssmb_listen, _ipv4),
         ssmb_port=r.get(table, "ssmb_port", p, int, d.ssmb_port, _port(True)),
-        ssmb_advertise=r.get(table, "ssmb_advertise", p, str, None, _ipv4),  # type: ignore[arg-type]
+        ssmb_advertise=r.get(table, "ssmb_advertise", p, str, None, _ipv4),
         status_listen=r.get(table, "status_listen", p, str, d.status_listen, _ipv4),
         status_port=r.get(table, "status_port", p, int, d.status_port, _port(True)),
-        standby=r.get(table, "standby", p, str, None, _ipv4),  # type: ignore[arg-type]
+        standby=r.get(table, "standby", p, str, None, _ipv4),
         flow_idle_timeout=r.get(
             table, "flow_idle_timeout", p, float, d.flow_idle_timeout, _range(0.01, 86400 * 7)
         ),
@@ -434,7 +434,7 @@ def _real_server(r: _Reader, table: Any, path: str) -> RealServerConfig | None:
         address=r.get(table, "address", path, str, "0.0.0.0", _ipv4, required=True),
         port=r.get(table, "port", path, int, 0, _port(True)),
         weight=r.get(table, "weight", path, int, 1, _range(0, MAX_U16)),
-        next_hop=r.get(table, "next_hop", path, str, None, _ipv4),  # type: ignore[arg-type]
+        next_hop=r.get(table, "next_hop", path, str, None, _ipv4),
         drain=r.get(table, "drain", path, bool, False),
         disabled=r.get(table, "disabled", path, bool, False),
     )

@@ -79,6 +79,7 @@ MAX_REMEMBERED_REFUSALS = 65536
 MAX_DFS_BUCKETS = 4096
 ZERO_IP = "0.0.0.0"
 
+
 @dataclass(frozen=True, slots=True)
 class SsmbOut:
     """An SSMB message to send to ``dest`` (the sender stamps serials and batches low priority)."""
@@ -766,7 +767,8 @@ class ControlSegment:
             flow.reap_tries += 1
             self.counters["reap_sent"] += 1
             self.flows.schedule(flow, now + self.settings.reap_response_timeout)
-            out.append(SsmbOut(self._reap_destination(flow.dfs), self._reap(flow)))
+            # flow.dfs is the DFS's announced SSMB endpoint whenever the DFS is registered (see _identity).
+            out.append(SsmbOut(flow.dfs, self._reap(flow)))
         if self.persistence.expire(now) and self._prepared:
             live = {(k[0], k[1]) for k, _ in self.persistence.items()}
             self._prepared = {m for m in self._prepared if (m[0], m[1]) in live}
@@ -776,9 +778,6 @@ class ControlSegment:
                 break
             del self._refusals[key]
         return out
-
-    def _reap_destination(self, dfs: Endpoint) -> Endpoint:
-        return dfs
 
     def _reap(self, flow: Flow) -> Any:
         r = flow.reply
@@ -873,10 +872,6 @@ class ControlSegment:
             self._end_flow(flow, now)
         return len(flows)
 
-    def count_malformed(self, code: str, n: int = 1) -> None:
-        """Count datagrams or messages the codec rejected, by error code."""
-        self.counters[f"malformed_{code}"] += n
-
     # ------------------------------------------------------------------ views (JSON-ready)
 
     def status(self, now: float) -> dict[str, Any]:
@@ -884,9 +879,8 @@ class ControlSegment:
         return {
             "uptime": round(now - self.started, 3),
             "config": self.config.source,
-            "virtual_servers": len(self.vs),
-            "flows": len(self.flows),
-            "max_flows": self.flows.max_flows,
+            "virtual_servers": self.vs_rows(),
+            "flows": {"active": len(self.flows), "max": self.flows.max_flows},
             "persistence_records": len(self.persistence),
             "dfs": [f"{ip}:{port}" for ip, port in self._dfs],
             "counters": dict(sorted(self.counters.items())),
@@ -894,7 +888,7 @@ class ControlSegment:
 
     def flow_rows(self, limit: int = 1000) -> list[dict[str, Any]]:
         """Up to ``limit`` flows for ``/flows``."""
-        rows = []
+        rows: list[dict[str, Any]] = []
         for flow in self.flows:
             if len(rows) >= limit:
                 break

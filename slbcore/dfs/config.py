@@ -12,6 +12,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -79,6 +80,28 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Routing:
+    """How the DFS treats traffic that is for no virtual server: as an IPv4 router would.
+
+    ``forward`` turns routing on (off: such traffic is dropped by the table-miss entry).
+    ``route_idle`` is the idle timeout of the per-destination forwarding entries, ``max_routes``
+    bounds how many of them the DFS tracks. ``kernel_routes`` makes the daemon also read the
+    routes of its own network namespace (every ``kernel_refresh`` seconds, from routing table
+    ``kernel_table``); a kernel route is used when its gateway sits on a router interface's subnet.
+    """
+
+    forward: bool = True
+    route_idle: int = 60
+    max_routes: int = 65536
+    kernel_routes: bool = False
+    kernel_refresh: float = 5.0
+    kernel_table: int = 254
+
+
+RouteLookup = Callable[[str], RouteResult | None]
+
+
+@dataclass(frozen=True)
 class DfsConfig:
     """Everything the DFS needs to know about itself, its switch and its CS."""
 
@@ -96,6 +119,7 @@ class DfsConfig:
     status_port: int = 0
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
+    routing: Routing = field(default_factory=Routing)
 
     def interface_for_port(self, port: int) -> Interface | None:
         """The interface configured on switch ``port``, if any."""
@@ -122,18 +146,57 @@ class DfsConfig:
 
     def route(self, dst: str) -> RouteResult | None:
         """Longest-prefix route lookup over connected subnets and static routes."""
-        addr = ipaddress.IPv4Address(dst)
-        best: tuple[int, RouteResult] | None = None
+        return RouteTable(self.interfaces, self.routes).lookup(dst)
+
+
+class RouteTable:
+    """Connected subnets, static routes and routes from elsewhere (the kernel), longest prefix wins.
+
+    On equal prefixes a connected subnet beats a route, and a configured static route beats an
+    extra (kernel) one. A route whose gateway is on no router interface's subnet is unusable and
+    ignored. :meth:`lookup` is what :class:`~slbcore.dfs.engine.DfsEngine` takes as its route
+    lookup function.
+    """
+
+    def __init__(
+        self, interfaces: tuple[Interface, ...], routes: tuple[Route, ...], extra: tuple[Route, ...] = ()
+    ) -> None:
+        self.interfaces = interfaces
+        self.routes = routes
+        self.extra = extra
+        # (prefixlen, rank, network, interface, gateway or None); sorted most specific first
+        entries: list[tuple[int, int, ipaddress.IPv4Network, Interface, str | None]] = []
+        for intf in interfaces:
+            entries.append((intf.prefixlen, 0, intf.network, intf, None))
+        for rank, table in ((1, routes), (2, extra)):
+            for rt in table:
+                gw_intf = self._connected(rt.via)
+                if gw_intf is None:
+                    continue
+                net = ipaddress.IPv4Network(rt.prefix)
+                entries.append((net.prefixlen, rank, net, gw_intf, rt.via))
+        entries.sort(key=lambda e: (-e[0], e[1]))
+        self._entries = entries
+
+    def _connected(self, ipaddr: str) -> Interface | None:
+        addr = ipaddress.IPv4Address(ipaddr)
+        best: Interface | None = None
         for intf in self.interfaces:
-            if addr in intf.network and (best is None or intf.prefixlen > best[0]):
-                best = (intf.prefixlen, RouteResult(intf, dst))
-        for rt in self.routes:
-            net = ipaddress.IPv4Network(rt.prefix)
-            if addr in net and (best is None or net.prefixlen > best[0]):
-                gw_intf = self.connected(rt.via)
-                if gw_intf is not None:
-                    best = (net.prefixlen, RouteResult(gw_intf, rt.via))
-        return None if best is None else best[1]
+            if addr in intf.network and (best is None or intf.prefixlen > best.prefixlen):
+                best = intf
+        return best
+
+    def lookup(self, dst: str) -> RouteResult | None:
+        """Where ``dst`` goes: the outgoing interface and the next hop, or None (no route)."""
+        addr = ipaddress.IPv4Address(dst)
+        for _, _, net, intf, via in self._entries:
+            if addr in net:
+                return RouteResult(intf, via if via is not None else dst)
+        return None
+
+    def with_extra(self, extra: tuple[Route, ...]) -> RouteTable:
+        """The same table with ``extra`` as its kernel routes."""
+        return RouteTable(self.interfaces, self.routes, extra)
 
 
 def _ipv4(value: Any, key: str) -> str:
@@ -205,7 +268,9 @@ def _route(raw: Any, idx: int) -> Route:
 def parse_config(data: dict[str, Any]) -> DfsConfig:
     """Build a :class:`DfsConfig` from a parsed TOML document, checking every field."""
     _check_keys(
-        data, {"dfs", "cs", "openflow", "status", "interface", "route", "timeouts", "limits"}, "top level"
+        data,
+        {"dfs", "cs", "openflow", "status", "interface", "route", "timeouts", "limits", "routing"},
+        "top level",
     )
     dfs = _table(data, "dfs")
     _check_keys(dfs, {"name", "switch", "mgmt_ipaddr", "ssmb_port"}, "[dfs]")
@@ -256,6 +321,20 @@ def parse_config(data: dict[str, Any]) -> DfsConfig:
         held_per_flow=_int(lt.get("held_per_flow", ldef.held_per_flow), "limits.held_per_flow", 1, 1024),
         held_total=_int(lt.get("held_total", ldef.held_total), "limits.held_total", 1, 1_000_000),
     )
+    rt = _table(data, "routing")
+    rdef = Routing()
+    _check_keys(rt, set(Routing.__dataclass_fields__), "[routing]")
+    for key in ("forward", "kernel_routes"):
+        if not isinstance(rt.get(key, False), bool):
+            raise ConfigError(f"routing.{key}: expected true or false")
+    routing = Routing(
+        forward=rt.get("forward", rdef.forward),
+        route_idle=_int(rt.get("route_idle", rdef.route_idle), "routing.route_idle", 1, 65535),
+        max_routes=_int(rt.get("max_routes", rdef.max_routes), "routing.max_routes", 1, 10_000_000),
+        kernel_routes=rt.get("kernel_routes", rdef.kernel_routes),
+        kernel_refresh=_num(rt.get("kernel_refresh", rdef.kernel_refresh), "routing.kernel_refresh", 0.1, 3600),
+        kernel_table=_int(rt.get("kernel_table", rdef.kernel_table), "routing.kernel_table", 1, 0xFFFFFFFF),
+    )
     return DfsConfig(
         name=dfs["name"],
         switch=dfs["switch"],
@@ -271,6 +350,7 @@ def parse_config(data: dict[str, Any]) -> DfsConfig:
         status_port=_int(st.get("port", 0), "status.port", 0, 65535),
         timeouts=timeouts,
         limits=limits,
+        routing=routing,
     )
 
 

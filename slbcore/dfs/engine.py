@@ -9,25 +9,32 @@ daemon feed events in under one lock and send whatever comes out.
 from __future__ import annotations
 
 import ipaddress
-from collections import Counter
-from collections.abc import Iterable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from slbcore.dfs import rules
-from slbcore.dfs.config import DfsConfig, Interface, RouteResult
+from slbcore.dfs.config import DfsConfig, Interface, RouteResult, RouteTable
 from slbcore.dfs.packets import (
     ARP_REPLY,
     ARP_REQUEST,
     ICMP_ADMIN_PROHIBITED,
+    ICMP_ECHO_REQUEST,
+    ICMP_NET_UNREACH,
     ICMP_PORT_UNREACH,
+    ICMP_TIME_EXCEEDED,
+    IPPROTO_ICMP,
     IPPROTO_TCP,
     IPPROTO_UDP,
     Frame,
     PacketError,
     build_arp,
+    build_icmp_echo_reply,
+    build_icmp_error,
     build_icmp_unreachable,
     build_rst_for,
+    icmp_type_code,
     parse_frame,
 )
 from slbcore.dfs.rules import FiveTuple, PoolTarget, Rewrite
@@ -51,6 +58,7 @@ OFPRR_DELETE = 2
 TABLE_FULL_BACKOFF = 1.0
 REAP_STATS_TIMEOUT = 2.0
 MAX_LEARNED_WAITING = 65536
+NO_ROUTE_HOLD = 5  # seconds a "no route" destination is dropped in the switch before asking again
 
 
 @dataclass
@@ -199,6 +207,14 @@ class ArpWait:
 
 
 @dataclass
+class RouteWait:
+    """Packets to be routed once their next hop's MAC is known."""
+
+    route: RouteResult
+    packets: list[tuple[int, str, bytes]] = field(default_factory=list)
+
+
+@dataclass
 class ReapWait:
     """A REAP waiting for the switch's counters."""
 
@@ -209,8 +225,17 @@ class ReapWait:
 class DfsEngine:
     """Pure DFS logic; see the package docstring for the data-plane model."""
 
-    def __init__(self, config: DfsConfig, epoch: int, dp: Any = None) -> None:
+    def __init__(
+        self,
+        config: DfsConfig,
+        epoch: int,
+        dp: Any = None,
+        route_lookup: Callable[[str], RouteResult | None] | None = None,
+    ) -> None:
         self.cfg = config
+        self.route: Callable[[str], RouteResult | None] = (
+            route_lookup if route_lookup is not None else RouteTable(config.interfaces, config.routes).lookup
+        )
         self.epoch = epoch & 0xFFFF
         self.dp = dp if dp is not None else rules.OF13
         self.counters: Counter[str] = Counter()
@@ -231,6 +256,8 @@ class DfsEngine:
         self.flows_by_server_ft: dict[FiveTuple, int] = {}
         self.learned: dict[tuple[int, int, str, int], LearnedEnd] = {}
         self.reaps: dict[int, ReapWait] = {}
+        self.routed: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self.route_waits: dict[str, RouteWait] = {}
         self.held_total = 0
         self.table_full_until = 0.0
         self.audit_pending = False
@@ -273,6 +300,7 @@ class DfsEngine:
             "flows_pending": len(self.pending),
             "held_packets": self.held_total,
             "neighbours": len(self.neighbours),
+            "routed_destinations": len(self.routed),
             "counters": dict(sorted(self.counters.items())),
             "errors": dict(sorted(self.errors.items())),
         }
@@ -317,9 +345,12 @@ class DfsEngine:
         out = Output()
         # Groups are re-created from our own state; learned entries do not reference them.
         out.openflow.append(rules.group_delete(dp, ofp.OFPG_ALL))
-        out.openflow += rules.base_entries(dp, self.epoch)
+        out.openflow += rules.base_entries(dp, self.epoch, self.cfg.routing.forward)
+        if self.counters["switch_connects"] == 1:
+            # Forwarding entries of an earlier incarnation may point at stale MACs; ours stay.
+            out.openflow.append(rules.route_entries_delete(dp))
         for i, intf in enumerate(self.cfg.interfaces):
-            out.openflow.append(rules.own_address_entry(dp, self.epoch, intf.ipaddr, i))
+            out.openflow += rules.own_address_entries(dp, self.epoch, intf.ipaddr, i)
         for st in self.vservers.values():
             out.extend(self._program_vs(st, now, new_group=True))
         self.audit_pending = True
@@ -348,9 +379,11 @@ class DfsEngine:
             return self._arp_in(in_port, frame, now)
         ip = frame.ip
         assert ip is not None
+        own = self.cfg.owns_address(ip.dst)
+        if own is not None:
+            return self._local(in_port, frame)
         if ip.proto not in (IPPROTO_TCP, IPPROTO_UDP):
-            self._error("packet_in_unexpected")
-            return Output()
+            return self._forward(in_port, frame, data, now)
         ft = FiveTuple(ip.proto, ip.src, ip.dst, ip.sport, ip.dport)
         fid = self.flows_by_ft.get(ft)
         if fid is not None:
@@ -361,8 +394,7 @@ class DfsEngine:
             return Output()
         st = self._find_vs(ft)
         if st is None:
-            self._error("no_virtual_server")
-            return Output()
+            return self._forward(in_port, frame, data, now)
         intf = self.cfg.interface_for_port(in_port)
         if intf is None:
             self._error("packet_in_unknown_port")
@@ -484,6 +516,119 @@ class DfsEngine:
         self._drop_pending(p)
         return out
 
+    # ------------------------------------------------------------------ router
+
+    def _local(self, in_port: int, frame: Frame) -> Output:
+        """IP addressed to the DFS itself: answer ping, ignore the rest."""
+        ip = frame.ip
+        intf = self.cfg.interface_for_port(in_port)
+        assert ip is not None
+        if intf is None:
+            self._error("packet_in_unknown_port")
+            return Output()
+        if ip.proto == IPPROTO_ICMP and icmp_type_code(ip) == (ICMP_ECHO_REQUEST, 0):
+            self.counters["icmp_echo_replies"] += 1
+            return Output(openflow=[rules.packet_out(self.dp, 0, build_icmp_echo_reply(frame, intf.mac), in_port)])
+        self.counters["local_ignored"] += 1
+        return Output()
+
+    def _forward(self, in_port: int, frame: Frame, data: bytes, now: float) -> Output:
+        """Traffic for no virtual server: route it like an IPv4 router, or drop it with a counter."""
+        ip = frame.ip
+        assert ip is not None
+        intf = self.cfg.interface_for_port(in_port)
+        if intf is None:
+            self._error("packet_in_unknown_port")
+            return Output()
+        if not self.cfg.routing.forward:
+            self.counters["not_routed_drops"] += 1
+            return Output()
+        if frame.eth_dst != intf.mac:
+            # Not sent to us as a router (flooded or misaddressed): a router ignores it.
+            self.counters["not_for_router_drops"] += 1
+            return Output()
+        if ip.ttl <= 1:
+            self.counters["ttl_exceeded"] += 1
+            if ip.proto == IPPROTO_ICMP and self._is_icmp_error(ip):
+                return Output()
+            err = build_icmp_error(frame, intf.mac, ICMP_TIME_EXCEEDED, 0, intf.ipaddr)
+            return Output(openflow=[rules.packet_out(self.dp, 0, err, in_port)])
+        route = self.route(ip.dst)
+        if route is None:
+            self.counters["no_route_drops"] += 1
+            # A short-lived drop entry keeps a flood toward an unrouted address off the controller.
+            out = Output(
+                openflow=[rules.route_entry(self.dp, self.epoch, ip.dst, [], NO_ROUTE_HOLD)]
+            )
+            if not (ip.proto == IPPROTO_ICMP and self._is_icmp_error(ip)):
+                err = build_icmp_unreachable(frame, intf.mac, ICMP_NET_UNREACH, intf.ipaddr)
+                out.openflow.append(rules.packet_out(self.dp, 0, err, in_port))
+            return out
+        l2 = self._resolve(route.next_hop, now)
+        if isinstance(l2, Output):
+            if route.next_hop not in self.arp_waits:
+                self.counters["route_unresolvable_drops"] += 1
+                return l2
+            wait = self.route_waits.setdefault(route.next_hop, RouteWait(route))
+            if (
+                len(wait.packets) >= self.cfg.limits.held_per_flow
+                or self.held_total >= self.cfg.limits.held_total
+            ):
+                self.counters["route_held_dropped"] += 1
+            else:
+                wait.packets.append((in_port, ip.dst, data))
+                self.held_total += 1
+            return l2
+        return self._route_install(in_port, ip.dst, route, l2, [data])
+
+    @staticmethod
+    def _is_icmp_error(ip: Any) -> bool:
+        tc = icmp_type_code(ip)
+        return tc is not None and tc[0] in (3, 4, 5, 11, 12)
+
+    def _route_install(
+        self, in_port: int, dst: str, route: RouteResult, l2: tuple[str, int], packets: list[bytes]
+    ) -> Output:
+        """Install the forwarding entry for ``dst`` and send ``packets`` the same way."""
+        mac, port = l2
+        intf = route.interface
+        hairpin = port == in_port
+        out_port = self.dp.ofproto.OFPP_IN_PORT if hairpin else port
+        actions = rules.route_actions(self.dp, intf.mac, mac, out_port)
+        out = Output(
+            openflow=[
+                rules.route_entry(
+                    self.dp, self.epoch, dst, actions, self.cfg.routing.route_idle, in_port if hairpin else None
+                )
+            ]
+        )
+        self.counters["routes_installed"] += 1
+        self.routed[dst] = (route.next_hop, in_port if hairpin else 0)
+        self.routed.move_to_end(dst)
+        while len(self.routed) > self.cfg.routing.max_routes:
+            old, _ = self.routed.popitem(last=False)
+            out.openflow.append(rules.route_entries_delete(self.dp, old))
+        for data in packets:
+            self.counters["packets_routed"] += 1
+            out.openflow.append(
+                self.dp.ofproto_parser.OFPPacketOut(
+                    self.dp,
+                    buffer_id=self.dp.ofproto.OFP_NO_BUFFER,
+                    in_port=in_port,
+                    actions=rules.route_actions(self.dp, intf.mac, mac, out_port),
+                    data=data,
+                )
+            )
+        return out
+
+    def routes_changed(self, now: float) -> Output:
+        """The route table changed (kernel routes re-read): forget every forwarding entry."""
+        self.counters["route_table_changes"] += 1
+        self.routed.clear()
+        if not self.switch_up:
+            return Output()
+        return Output(openflow=[rules.route_entries_delete(self.dp)])
+
     # ------------------------------------------------------------------ ARP and neighbours
 
     def _arp_in(self, in_port: int, frame: Frame, now: float) -> Output:
@@ -535,6 +680,21 @@ class DfsEngine:
     def _neighbour_changed(self, ipaddr: str, now: float) -> Output:
         self.arp_waits.pop(ipaddr, None)
         out = Output()
+        l2 = self.neighbours[ipaddr][:2]
+        wait = self.route_waits.pop(ipaddr, None)
+        if wait is not None:
+            self.held_total -= len(wait.packets)
+            by_dst: dict[tuple[int, str], list[bytes]] = {}
+            for in_port, dst, data in wait.packets:
+                by_dst.setdefault((in_port, dst), []).append(data)
+            for (in_port, dst), packets in by_dst.items():
+                out.extend(self._route_install(in_port, dst, wait.route, l2, packets))
+        for dst, (nh, in_port) in list(self.routed.items()):
+            if nh == ipaddr and self.switch_up:
+                # The next hop moved (new MAC or port): re-point its destinations.
+                route = self.route(dst)
+                if route is not None and route.next_hop == ipaddr:
+                    out.extend(self._route_install(in_port or 0, dst, route, l2, []))
         for p in [p for p in self.pending.values() if p.state == "arp" and p.waiting_for == ipaddr]:
             out.extend(self._plan(p, now))
         for st in self.vservers.values():
@@ -601,7 +761,7 @@ class DfsEngine:
             return self._fail_pending(p, "reply_without_target")
         route: RouteResult | None
         if flags & VsFlag.ROUTE_BY_DST_IP or msg.next_hop_ipaddr == ZERO_IP:
-            route = self.cfg.route(new_dst)
+            route = self.route(new_dst)
         else:
             intf = self.cfg.connected(msg.next_hop_ipaddr)
             route = RouteResult(intf, msg.next_hop_ipaddr) if intf is not None else None
@@ -612,7 +772,7 @@ class DfsEngine:
         if isinstance(server_l2, Output):
             return self._await_arp(p, route.next_hop, server_l2, now)
         if p.client is None:
-            back = self.cfg.route(p.ft.src)
+            back = self.route(p.ft.src)
             if back is None:
                 return self._fail_pending(p, "no_route")
             client_l2 = self._resolve(back.next_hop, now)
@@ -655,10 +815,13 @@ class DfsEngine:
             return self._fail_pending(p, "flow_collision")
         t = self.cfg.timeouts
         f = Flow(p.flow_id, self.epoch, p.ft, server_ft, p.tos, int(p.reply.flags), p.tcp_flags, fwd, now)
+        # An any-port flow (NEWFLOW for client:*) is shared by many connections: one FIN must not
+        # end it, so it keeps the plain idle timeout.
+        fin_idle, fin_hard = (t.fin_idle, t.fin_hard) if p.ft.sport else (0, 0)
         out = Output(
             openflow=[
-                rules.flow_entry(self.dp, f.fwd_cookie, p.ft, fwd, t.idle, t.fin_idle, t.fin_hard),
-                rules.flow_entry(self.dp, f.rev_cookie, server_ft, rev, t.idle, t.fin_idle, t.fin_hard),
+                rules.flow_entry(self.dp, f.fwd_cookie, p.ft, fwd, t.idle, fin_idle, fin_hard),
+                rules.flow_entry(self.dp, f.rev_cookie, server_ft, rev, t.idle, fin_idle, fin_hard),
             ]
         )
         for in_port, data in p.held:
@@ -713,16 +876,14 @@ class DfsEngine:
         return self._plan(p, now)
 
     def _stats_msg(self, f: Flow, pkts_bytes: dict[int, tuple[int, int]], cls: Any, error: int = 0) -> Any:
+        """STATS or DELETE carrying the flow's running totals (never smaller than sent before)."""
         fwd_p, fwd_b = pkts_bytes.get(rules.KIND_FWD, (0, 0))
         rev_p, rev_b = pkts_bytes.get(rules.KIND_REV, (0, 0))
-        total = (fwd_b + f.extra_in_bytes, rev_b, fwd_p + f.extra_in_pkts, rev_p)
-        delta = tuple(max(0, a - b) for a, b in zip(total, f.reported, strict=True))
-        f.reported = (
-            max(total[0], f.reported[0]),
-            max(total[1], f.reported[1]),
-            max(total[2], f.reported[2]),
-            max(total[3], f.reported[3]),
-        )
+        seen = (fwd_b + f.extra_in_bytes, rev_b, fwd_p + f.extra_in_pkts, rev_p)
+        # A direction the switch did not report this time (lost entry, stats timeout) keeps the
+        # total already sent, so totals only grow and the CS can take differences safely.
+        total = tuple(max(a, b) for a, b in zip(seen, f.reported, strict=True))
+        f.reported = (total[0], total[1], total[2], total[3])
         return cls(
             orig_src_ipaddr=f.ft.src,
             orig_dst_ipaddr=f.ft.dst,
@@ -732,10 +893,10 @@ class DfsEngine:
             proto=f.ft.proto,
             flags=f.flags & 0xFF,
             tcp_flags=f.tcp_flags & 0xFF,
-            inbound_bytes=delta[0],
-            outbound_bytes=delta[1],
-            inbound_pkts=delta[2],
-            outbound_pkts=delta[3],
+            inbound_bytes=total[0],
+            outbound_bytes=total[1],
+            inbound_pkts=total[2],
+            outbound_pkts=total[3],
             flow_id=f.flow_id,
             error=error,
         )
@@ -1006,6 +1167,10 @@ class DfsEngine:
                 self._error("arp_timeout")
                 for p in [p for p in self.pending.values() if p.state == "arp" and p.waiting_for == ipaddr]:
                     out.extend(self._fail_pending(p, "next_hop_unresolved"))
+                rw = self.route_waits.pop(ipaddr, None)
+                if rw is not None:
+                    self.counters["route_unresolved_drops"] += len(rw.packets)
+                    self.held_total -= len(rw.packets)
                 continue
             w.tries += 1
             w.next_at = now + t.arp
@@ -1160,7 +1325,7 @@ class DfsEngine:
         return idx
 
     def _pool_next_hop(self, entry: Any) -> str | None:
-        route = self.cfg.route(entry.ipaddr)
+        route = self.route(entry.ipaddr)
         return None if route is None else route.next_hop
 
     def _program_vs(self, st: VsState, now: float, new_group: bool = False) -> Output:
@@ -1171,7 +1336,7 @@ class DfsEngine:
         if st.dfs_assist:
             targets: list[PoolTarget] = []
             for e in st.pool:
-                route = self.cfg.route(e.ipaddr)
+                route = self.route(e.ipaddr)
                 if route is None:
                     self._error("pool_member_no_route")
                     continue

@@ -25,7 +25,12 @@ TCP_RST = 0x04
 TCP_PSH = 0x08
 TCP_ACK = 0x10
 
+ICMP_ECHO_REPLY = 0
 ICMP_UNREACH = 3
+ICMP_ECHO_REQUEST = 8
+ICMP_TIME_EXCEEDED = 11
+ICMP_NET_UNREACH = 0
+ICMP_HOST_UNREACH = 1
 ICMP_PORT_UNREACH = 3
 ICMP_ADMIN_PROHIBITED = 13
 
@@ -253,12 +258,42 @@ def build_rst_for(frame: Frame, eth_src: str) -> bytes:
     )
 
 
-def build_icmp_unreachable(frame: Frame, eth_src: str, code: int) -> bytes:
-    """An ICMP destination-unreachable for ``frame``, quoting its IP header and first 8 octets."""
+def build_icmp_error(
+    frame: Frame, eth_src: str, icmp_type: int, code: int, src_ipaddr: str | None = None
+) -> bytes:
+    """An ICMP error (unreachable, time exceeded) for ``frame``, quoting its IP header and 8 octets.
+
+    The error comes from ``src_ipaddr`` (a router's own address) or, by default, from the
+    address the offending packet was sent to (the VIP refusing it).
+    """
     ip = frame.ip
     assert ip is not None
     quote = ip.header + ip.payload[:8]
-    icmp = struct.pack("!BBHI", ICMP_UNREACH, code, 0, 0) + quote
+    icmp = struct.pack("!BBHI", icmp_type, code, 0, 0) + quote
+    icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
+    src = src_ipaddr or ip.dst
+    return _ethernet(
+        eth_src, frame.eth_src, ETH_TYPE_IPV4, _ipv4_header(src, ip.src, IPPROTO_ICMP, len(icmp)) + icmp
+    )
+
+
+def build_icmp_unreachable(frame: Frame, eth_src: str, code: int, src_ipaddr: str | None = None) -> bytes:
+    """An ICMP destination-unreachable for ``frame``, quoting its IP header and first 8 octets."""
+    return build_icmp_error(frame, eth_src, ICMP_UNREACH, code, src_ipaddr)
+
+
+def icmp_type_code(ip: Ip4) -> tuple[int, int] | None:
+    """The ICMP type and code of an ICMP packet, or None when it is too short to have them."""
+    if ip.proto != IPPROTO_ICMP or len(ip.payload) < 8:
+        return None
+    return ip.payload[0], ip.payload[1]
+
+
+def build_icmp_echo_reply(frame: Frame, eth_src: str) -> bytes:
+    """The echo reply to an ICMP echo request in ``frame`` (same identifier, sequence and data)."""
+    ip = frame.ip
+    assert ip is not None and icmp_type_code(ip) == (ICMP_ECHO_REQUEST, 0)
+    icmp = struct.pack("!BBH", ICMP_ECHO_REPLY, 0, 0) + ip.payload[4:]
     icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
     return _ethernet(
         eth_src, frame.eth_src, ETH_TYPE_IPV4, _ipv4_header(ip.dst, ip.src, IPPROTO_ICMP, len(icmp)) + icmp

@@ -33,15 +33,21 @@ TAG = 0xD5
 KIND_PER_FLOW = 0x10
 KIND_INFRA = 0x01
 KIND_DISPATCH = 0x02
+KIND_ROUTE = 0x03
 KIND_FWD = 0x11
 KIND_REV = 0x12
 KIND_LEARN_FWD = 0x15
 KIND_LEARN_REV = 0x16
 
 PRIO_MISS = 0
+PRIO_IP_MISS = 1
+PRIO_NOT_ROUTED = 50
 PRIO_ARP = 100
+PRIO_ROUTE = 500
 PRIO_VS_BASE = 1000
 PRIO_OWN_ADDR = 1500
+PRIO_OWN_ICMP = 1501
+PRIO_FLOW_ANY_PORT = 1999
 PRIO_FLOW = 2000
 
 FLOW_REM_SEND = 1  # NX_LEARN_F_SEND_FLOW_REM
@@ -50,6 +56,7 @@ MASK_ALL = 0xFFFFFFFFFFFFFFFF
 MASK_TAG = 0xFF << 56
 MASK_PER_FLOW = MASK_TAG | (KIND_PER_FLOW << 48)
 MASK_FLOW = MASK_TAG | (0xFC << 48) | (0xFFFF << 32) | 0xFFFFFFFF  # both directions of one flow
+MASK_KIND = MASK_TAG | (0xFF << 48)
 
 
 def make_cookie(kind: int, epoch: int, ident: int) -> int:
@@ -97,28 +104,39 @@ def _l4_names(proto: int) -> tuple[str, str]:
 
 
 def match_five_tuple(dp: Any, ft: FiveTuple) -> Any:
-    """An exact match on one direction of a flow."""
+    """A match on one direction of a flow; a port of 0 matches any port (a NEWFLOW for client:*)."""
     sname, dname = _l4_names(ft.proto)
     kwargs: dict[str, Any] = {
         "eth_type": 0x0800,
         "ip_proto": ft.proto,
         "ipv4_src": ft.src,
         "ipv4_dst": ft.dst,
-        sname: ft.sport,
-        dname: ft.dport,
     }
+    if ft.sport:
+        kwargs[sname] = ft.sport
+    if ft.dport:
+        kwargs[dname] = ft.dport
     return dp.ofproto_parser.OFPMatch(**kwargs)
 
 
+def flow_priority(ft: FiveTuple) -> int:
+    """Exact flows win over a pre-installed any-port flow of the same client."""
+    return PRIO_FLOW if ft.sport and ft.dport else PRIO_FLOW_ANY_PORT
+
+
 def five_tuple_from_match(fields: dict[str, Any]) -> FiveTuple | None:
-    """The exact five-tuple an OFPMatch (as a dict of field -> value) holds, or None."""
+    """The five-tuple an OFPMatch (as a dict of field -> value) holds (absent port: 0), or None."""
     proto = fields.get("ip_proto")
     if proto not in (IPPROTO_TCP, IPPROTO_UDP):
         return None
     sname, dname = _l4_names(proto)
     try:
         return FiveTuple(
-            proto, str(fields["ipv4_src"]), str(fields["ipv4_dst"]), int(fields[sname]), int(fields[dname])
+            proto,
+            str(fields["ipv4_src"]),
+            str(fields["ipv4_dst"]),
+            int(fields.get(sname, 0)),
+            int(fields.get(dname, 0)),
         )
     except (KeyError, TypeError, ValueError):
         return None
@@ -176,7 +194,7 @@ def flow_entry(
         command=ofp.OFPFC_ADD,
         idle_timeout=idle,
         hard_timeout=0,
-        priority=PRIO_FLOW,
+        priority=flow_priority(ft),
         buffer_id=ofp.OFP_NO_BUFFER,
         out_port=ofp.OFPP_ANY,
         out_group=ofp.OFPG_ANY,
@@ -212,27 +230,124 @@ def add_entry(dp: Any, cookie: int, priority: int, match: Any, instructions: lis
     )
 
 
-def base_entries(dp: Any, epoch: int) -> list[Any]:
-    """Table-miss drop and ARP to the controller."""
+def base_entries(dp: Any, epoch: int, forward: bool = True) -> list[Any]:
+    """Table-miss drop, ARP to the controller and, when routing, unknown IPv4 to the controller.
+
+    Multicast and limited-broadcast destinations are never routed; they are dropped in the switch
+    so they cost the DFS nothing.
+    """
     p = dp.ofproto_parser
-    return [
+    msgs = [
         add_entry(dp, make_cookie(KIND_INFRA, epoch, 0), PRIO_MISS, p.OFPMatch(), []),
         add_entry(
             dp, make_cookie(KIND_INFRA, epoch, 1), PRIO_ARP, p.OFPMatch(eth_type=0x0806), to_controller(dp)
         ),
     ]
+    if forward:
+        msgs += [
+            add_entry(
+                dp, make_cookie(KIND_INFRA, epoch, 2), PRIO_IP_MISS, p.OFPMatch(eth_type=0x0800), to_controller(dp)
+            ),
+            add_entry(
+                dp,
+                make_cookie(KIND_INFRA, epoch, 3),
+                PRIO_NOT_ROUTED,
+                p.OFPMatch(eth_type=0x0800, ipv4_dst=("224.0.0.0", "240.0.0.0")),
+                [],
+            ),
+            add_entry(
+                dp,
+                make_cookie(KIND_INFRA, epoch, 4),
+                PRIO_NOT_ROUTED,
+                p.OFPMatch(eth_type=0x0800, ipv4_dst="255.255.255.255"),
+                [],
+            ),
+        ]
+    else:
+        msgs.append(delete_strict_match(dp, PRIO_IP_MISS, p.OFPMatch(eth_type=0x0800)))
+    return msgs
 
 
-def own_address_entry(dp: Any, epoch: int, ipaddr: str, index: int) -> Any:
-    """Drop IP traffic to the DFS's own interface address, so a wildcard VS never claims it."""
+def own_address_entries(dp: Any, epoch: int, ipaddr: str, index: int) -> list[Any]:
+    """IP to the DFS's own interface address: ICMP to the controller (ping), the rest dropped.
+
+    These sit above every virtual server so a wildcard VS never claims the router's addresses.
+    """
     p = dp.ofproto_parser
-    return add_entry(
+    return [
+        add_entry(
+            dp,
+            make_cookie(KIND_INFRA, epoch, 0x100 + index),
+            PRIO_OWN_ADDR,
+            p.OFPMatch(eth_type=0x0800, ipv4_dst=ipaddr),
+            [],
+        ),
+        add_entry(
+            dp,
+            make_cookie(KIND_INFRA, epoch, 0x200 + index),
+            PRIO_OWN_ICMP,
+            p.OFPMatch(eth_type=0x0800, ipv4_dst=ipaddr, ip_proto=1),
+            to_controller(dp),
+        ),
+    ]
+
+
+def delete_strict_match(dp: Any, priority: int, match: Any) -> Any:
+    """Delete the one entry with exactly this priority and match, whatever its cookie."""
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    return p.OFPFlowMod(
         dp,
-        make_cookie(KIND_INFRA, epoch, 0x100 + index),
-        PRIO_OWN_ADDR,
-        p.OFPMatch(eth_type=0x0800, ipv4_dst=ipaddr),
-        [],
+        table_id=0,
+        command=ofp.OFPFC_DELETE_STRICT,
+        priority=priority,
+        out_port=ofp.OFPP_ANY,
+        out_group=ofp.OFPG_ANY,
+        match=match,
     )
+
+
+def route_actions(dp: Any, eth_src: str, eth_dst: str, out_port: int) -> list[Any]:
+    """What a router does to a packet it forwards: TTL down by one, new MACs, out the port."""
+    p = dp.ofproto_parser
+    return [
+        p.OFPActionDecNwTtl(),
+        p.OFPActionSetField(eth_src=eth_src),
+        p.OFPActionSetField(eth_dst=eth_dst),
+        p.OFPActionOutput(out_port, 0),
+    ]
+
+
+def route_entry(
+    dp: Any, epoch: int, dst: str, actions: list[Any], idle: int, in_port: int | None = None
+) -> Any:
+    """A per-destination forwarding entry (the cookie's ident is the destination address).
+
+    With ``in_port`` the entry only matches packets from that port (a route back out of the
+    port the packet came in on must use OFPP_IN_PORT, which needs the in_port match).
+    """
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    kwargs: dict[str, Any] = {"eth_type": 0x0800, "ipv4_dst": dst}
+    if in_port is not None:
+        kwargs["in_port"] = in_port
+    return p.OFPFlowMod(
+        dp,
+        cookie=make_cookie(KIND_ROUTE, epoch, _ip_int(dst)),
+        command=ofp.OFPFC_ADD,
+        idle_timeout=idle,
+        priority=PRIO_ROUTE + (1 if in_port is not None else 0),
+        buffer_id=ofp.OFP_NO_BUFFER,
+        out_port=ofp.OFPP_ANY,
+        out_group=ofp.OFPG_ANY,
+        match=p.OFPMatch(**kwargs),
+        instructions=[p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)],
+    )
+
+
+def route_entries_delete(dp: Any, dst: str | None = None) -> Any:
+    """Remove the forwarding entries for ``dst`` (every destination when None), any epoch."""
+    if dst is None:
+        return delete_by_cookie(dp, make_cookie(KIND_ROUTE, 0, 0), MASK_KIND)
+    return delete_by_cookie(dp, make_cookie(KIND_ROUTE, 0, _ip_int(dst)), MASK_KIND | 0xFFFFFFFF)
 
 
 def vs_priority(wild_addr: bool, wild_port: bool) -> int:
@@ -306,7 +421,7 @@ def delete_strict(dp: Any, cookie: int, ft: FiveTuple) -> Any:
         cookie_mask=MASK_ALL,
         table_id=0,
         command=ofp.OFPFC_DELETE_STRICT,
-        priority=PRIO_FLOW,
+        priority=flow_priority(ft),
         out_port=ofp.OFPP_ANY,
         out_group=ofp.OFPG_ANY,
         match=match_five_tuple(dp, ft),

@@ -91,7 +91,8 @@ class CsProcess:
         self.log = tmp / "csd.log"
         self.pid_file = tmp / "csd.pid"
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-        self.out = open(tmp / "csd.out", "wb")
+        # Kept open for the life of the process; closed in stop().
+        self.out = open(tmp / "csd.out", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -359,7 +360,7 @@ def test_handshake_query_reply_delete(
     assert dfs.expect_ssmb(ssmb.Reply, "UNKNOWN reply").error == SsmbError.UNKNOWN
 
     dfs.send_ssmb(stats(ssmb.Delete, 1, 40001, inbound_bytes=1234))
-    wait_for("flow 1 deleted", lambda: cs.get("/status")["flows"] == 0)
+    wait_for("flow 1 deleted", lambda: cs.get("/status")["flows"]["active"] == 0)
     vs = {v["name"]: v for v in cs.get("/vs")}
     assert vs["web"]["inbound_bytes"] == 1234 and vs["web"]["active"] == 0
     dfs.send_ssmb(stats(ssmb.Delete, 99, 1))
@@ -374,10 +375,10 @@ def test_reap_connalive_then_stats(cs: CsProcess, dfs: ScriptedDfs) -> None:
     assert reap.orig_src_port == 41000
     dfs.send_ssmb(stats(ssmb.Stats, 7, 41000, error=SsmbError.CONNALIVE, inbound_bytes=500))
     wait_for("CONNALIVE counted", lambda: cs.counters().get("stats_connalive") == 1)
-    assert cs.get("/status")["flows"] == 1
+    assert cs.get("/status")["flows"]["active"] == 1
     dfs.expect_ssmb(ssmb.Reap, "second REAP", where=lambda m: m.flow_id == 7)
     dfs.send_ssmb(stats(ssmb.Stats, 7, 41000, inbound_bytes=900))
-    wait_for("flow reaped", lambda: cs.get("/status")["flows"] == 0)
+    wait_for("flow reaped", lambda: cs.get("/status")["flows"]["active"] == 0)
     web = next(v for v in cs.get("/vs") if v["name"] == "web")
     assert web["inbound_bytes"] == 900, "running totals are not double counted"
 
@@ -490,7 +491,7 @@ def test_cli_against_daemon(cs: CsProcess) -> None:
     out = cli("servers")
     assert out.returncode == 0 and "SERVER" in out.stdout and "pool" in out.stdout
     out = cli("--json", "status")
-    assert out.returncode == 0 and json.loads(out.stdout)["virtual_servers"] == 2
+    assert out.returncode == 0 and len(json.loads(out.stdout)["virtual_servers"]) == 2
     assert cli("drain", "web/a").stdout.strip() == "drained: web/a"
     assert cli("undrain", "a").stdout.strip() == "undrained: web/a, pool/a"
     out = cli("drain", "ghost")
@@ -535,3 +536,53 @@ def test_sigterm_exits_cleanly(cs: CsProcess) -> None:
     assert cs.proc.wait(timeout=10) == 0
     assert not cs.pid_file.exists()
     assert "stopped" in cs.log.read_text()
+
+
+def test_probes_against_local_servers(backends: tuple[HealthServer, HealthServer]) -> None:
+    """Each probe outcome, on real sockets: success, wrong status, refused, garbage, silence."""
+    import asyncio
+
+    from nodes.health import probe_http, probe_tcp
+
+    a, _ = backends
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)  # accepts (in the kernel) but never answers
+    garbage = socket.socket()
+    garbage.bind(("127.0.0.1", 0))
+    garbage.listen(4)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+
+    def answer_garbage() -> None:
+        conn, _ = garbage.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"SSH-2.0-nope\r\n")
+
+    t = threading.Thread(target=answer_garbage, daemon=True)
+    t.start()
+
+    async def run() -> list[tuple[bool, str]]:
+        return [
+            await probe_tcp("127.0.0.1", a.port, 1.0),
+            await probe_tcp("127.0.0.1", closed_port, 1.0),
+            await probe_http("127.0.0.1", a.port, "/health", 200, 1.0),
+            await probe_http("127.0.0.1", a.port, "/other", 200, 1.0),
+            await probe_http("127.0.0.1", garbage.getsockname()[1], "/", 200, 1.0),
+            await probe_http("127.0.0.1", silent.getsockname()[1], "/", 200, 0.3),
+        ]
+
+    try:
+        results = asyncio.run(run())
+    finally:
+        t.join(5)
+        silent.close()
+        garbage.close()
+    oks = [ok for ok, _ in results]
+    assert oks == [True, False, True, False, False, False], results
+    assert "HTTP 503" in results[3][1]
+    assert "not an HTTP status line" in results[4][1]
+    assert "timeout" in results[5][1]

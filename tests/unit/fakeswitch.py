@@ -73,7 +73,7 @@ def frame_fields(data: bytes) -> dict[str, Any]:
         pkt.update(arp_op=a.op, arp_sha=a.sha, arp_spa=a.spa, arp_tha=a.tha, arp_tpa=a.tpa)
     if frame.ip is not None:
         ip = frame.ip
-        pkt.update(ipv4_src=ip.src, ipv4_dst=ip.dst, ip_proto=ip.proto)
+        pkt.update(ipv4_src=ip.src, ipv4_dst=ip.dst, ip_proto=ip.proto, ip_ttl=ip.ttl)
         if ip.proto == 6:
             pkt.update(tcp_src=ip.sport, tcp_dst=ip.dport, tcp_flags=ip.tcp_flags)
         elif ip.proto == 17:
@@ -307,6 +307,10 @@ class FakeSwitch:
                     events.append(Event("output", port=pkt["in_port"], packet=self._user(pkt)))
                 else:
                     events.append(Event("output", port=a.port, packet=self._user(pkt)))
+            elif isinstance(a, parser.OFPActionDecNwTtl):
+                if pkt.get("ip_ttl", 0) <= 1:
+                    return events  # OVS drops it (a controller may ask to see it as invalid_ttl)
+                pkt["ip_ttl"] -= 1
             elif isinstance(a, parser.OFPActionGroup):
                 events += self._group(pkt, a.group_id)
             elif isinstance(a, parser.NXActionLearn):

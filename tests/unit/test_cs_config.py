@@ -35,8 +35,15 @@ flags = ["translate_addr", "translate_port", "route_by_dst_ip"]
 method = "weighted_round_robin"
 connection_limit = 100
 persistence = { timeout = 60 }
-health_check = { type = "http", path = "/health", expect_status = 204, interval = 1, timeout = 0.5, \
-  rise = 2, fall = 2 }
+
+[virtual_server.health_check]
+type = "http"
+path = "/health"
+expect_status = 204
+interval = 1
+timeout = 0.5
+rise = 2
+fall = 2
 
 [[virtual_server.real_server]]
 name = "web1"
@@ -142,10 +149,10 @@ def _problems(text: str, tmp_path: Path) -> str:
             "virtual_server[0].connection_limit",
             "out of range",
         ),
-        ("rise = 2,", "rise = 0,", "virtual_server[0].health_check.rise", "out of range"),
+        ("rise = 2\n", "rise = 0\n", "virtual_server[0].health_check.rise", "out of range"),
         ('type = "http"', 'type = "icmp"', "virtual_server[0].health_check.type", "not one of"),
         ('path = "/health"', 'path = "health"', "virtual_server[0].health_check.path", "start with"),
-        ("timeout = 0.5,", "timeout = 5,", "virtual_server[0].health_check.timeout", "exceed"),
+        ("timeout = 0.5\n", "timeout = 5\n", "virtual_server[0].health_check.timeout", "exceed"),
         (
             "persistence = { timeout = 60 }",
             "persistence = { timeout = 0 }",

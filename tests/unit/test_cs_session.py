@@ -160,3 +160,17 @@ def test_standby_sets_redundant() -> None:
     session = DfsSession(cs, ("192.0.2.10", 1), "192.0.2.1", 7700, standby_ip="192.0.2.2")
     hello = session.on_message(dfs_hello(), 0.0).csmb[1]
     assert hello.flags & VsFlag.REDUNDANT and hello.ssmb_standby_ipaddr == "192.0.2.2"
+
+
+def test_established_by_transport_negotiation() -> None:
+    """The daemon lets slbproto's CsmbConnection run HELLO; the session then only sequences."""
+    cs, session = new_session()
+    neg = session.negotiator
+    assert [type(m) for m in neg.on_hello(dfs_hello())] == [csmb.Ack]
+    neg.start()
+    assert session.mark_established(0.0).csmb == [], "not before our HELLO is acknowledged"
+    assert neg.on_ack(csmb.Ack()) == []
+    out = session.mark_established(0.0)
+    assert [type(m) for m in out.csmb] == [csmb.Reset, csmb.AddVs, csmb.AddVs]
+    assert session.established and cs.dfs_endpoints == [DFS_SSMB]
+    assert session.mark_established(0.0).csmb == [], "only once"
