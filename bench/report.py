@@ -503,7 +503,7 @@ def _notes(doc: dict[str, Any]) -> list[str]:
             f"{topo['daemon_log_problems'][0][:200]}"
         )
     if topo.get("leftovers"):
-        notes.append(f"after teardown these existed (possibly other runs'): {topo['leftovers']}")
+        notes.append(f"left behind after teardown: {topo['leftovers']}")
     for p in doc.get("problems", []):
         notes.append(f"problem: {p}")
     return notes

@@ -43,6 +43,7 @@ class DfsRuntime:
         self.counters: Counter[str] = Counter()
         self._stats_requests: dict[int, tuple[int, int]] = {}
         self._stats_parts: dict[int, list[FlowEntryStats]] = {}
+        self._logged_errors: set[str] = set()
 
     def run(self, event: Callable[[DfsEngine, float], Output]) -> None:
         """Hand one event to the engine and send its output; never raises."""
@@ -53,7 +54,15 @@ class DfsRuntime:
                 LOG.exception("DFS engine failed on an event")
                 self.counters["engine_exceptions"] += 1
                 return
+            if len(self.engine.errors) != len(self._logged_errors):
+                self._log_new_errors()
             self._deliver(out)
+
+    def _log_new_errors(self) -> None:
+        # Every kind of bad input is logged the first time only; the counters tell how often.
+        for kind in sorted(set(self.engine.errors) - self._logged_errors):
+            self._logged_errors.add(kind)
+            LOG.warning("DFS error %s (first occurrence; further ones are only counted)", kind)
 
     def _deliver(self, out: Output) -> None:
         dp = self.datapath

@@ -8,7 +8,9 @@ One process, several threads around one :class:`controller.app.DfsRuntime`:
 * the SSMB thread receives UDP from the CS (duplicates dropped by :class:`SsmbReceiver`);
 * the CSMB thread keeps a TCP connection to the CS, reconnecting with backoff;
 * the timer thread ticks the engine (QUERY/ARP retries) and flushes SSMB batches;
-* a small HTTP server on 127.0.0.1 answers ``/status`` and ``/flows`` in JSON.
+* a small HTTP server on 127.0.0.1 answers ``/status`` and ``/flows`` in JSON;
+* with ``[routing] kernel_routes = true`` a thread re-reads the routes of the daemon's own network
+  namespace (pyroute2) and hands them to the engine's route table.
 
 It prints ``READY ...`` once every listener is up, and exits cleanly on SIGTERM/SIGINT.
 """
@@ -29,7 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from slbcore.dfs.config import ConfigError, DfsConfig, load_config
+from slbcore.dfs.config import ConfigError, DfsConfig, Route, RouteResult, RouteTable, load_config
 from slbcore.dfs.engine import DfsEngine, SsmbOut
 from slbproto import csmb
 from slbproto.errors import ProtocolError
@@ -148,6 +150,76 @@ class UnixRelay:
             os.unlink(self.path)
 
 
+def read_kernel_routes(table: int = 254, netns: str | None = None) -> tuple[Route, ...]:
+    """The IPv4 routes with a gateway in routing table ``table`` of this (or ``netns``'s) namespace.
+
+    Routes without a gateway name a namespace device, not a switch port, so they are skipped; a
+    multipath route contributes its first gateway.
+    """
+    from pyroute2 import IPRoute
+
+    routes: set[Route] = set()
+    ipr = IPRoute(netns=netns) if netns else IPRoute()
+    try:
+        for msg in ipr.get_routes(family=socket.AF_INET, table=table):
+            if msg.get("type", 1) != 1:  # RTN_UNICAST only: no local/broadcast/blackhole routes
+                continue
+            gw = msg.get_attr("RTA_GATEWAY")
+            if gw is None:
+                for hop in msg.get_attr("RTA_MULTIPATH") or []:
+                    gw = hop.get_attr("RTA_GATEWAY")
+                    if gw is not None:
+                        break
+            if gw is None:
+                continue
+            dst = msg.get_attr("RTA_DST") or "0.0.0.0"
+            routes.add(Route(f"{dst}/{msg['dst_len']}", gw))
+    finally:
+        ipr.close()
+    return tuple(sorted(routes, key=lambda r: (r.prefix, r.via)))
+
+
+class KernelRoutes:
+    """The engine's route table: configured routes plus the namespace's kernel routes."""
+
+    def __init__(self, cfg: DfsConfig) -> None:
+        self.cfg = cfg
+        self.base = RouteTable(cfg.interfaces, cfg.routes)
+        self.table = self.base
+        self.kernel: tuple[Route, ...] = ()
+        self.counters: dict[str, int] = {"reads": 0, "read_errors": 0, "changes": 0, "routes": 0}
+
+    def lookup(self, dst: str) -> RouteResult | None:
+        """Longest-prefix lookup over the current table."""
+        return self.table.lookup(dst)
+
+    def refresh(self) -> bool:
+        """Re-read the kernel routes; True when they changed."""
+        try:
+            routes = read_kernel_routes(self.cfg.routing.kernel_table)
+        except Exception as exc:  # netlink trouble must not stop the daemon
+            self.counters["read_errors"] += 1
+            if self.counters["read_errors"] == 1:
+                LOG.warning("cannot read kernel routes: %s", exc)
+            return False
+        self.counters["reads"] += 1
+        if routes == self.kernel:
+            return False
+        self.kernel = routes
+        self.table = self.base.with_extra(routes)
+        self.counters["changes"] += 1
+        self.counters["routes"] = len(routes)
+        return True
+
+
+def kernel_route_loop(routes: KernelRoutes, runtime: Any, stop: threading.Event) -> None:
+    """Re-read kernel routes periodically; a change flushes the switch's forwarding entries."""
+    while not stop.wait(routes.cfg.routing.kernel_refresh):
+        if routes.refresh():
+            LOG.info("kernel routes changed: %d routes", len(routes.kernel))
+            runtime.run(lambda e, now: e.routes_changed(now))
+
+
 def ssmb_loop(buses: Buses, runtime: Any) -> None:
     """Receive SSMB datagrams until stopped."""
     while not buses.stop.is_set():
@@ -216,7 +288,9 @@ def timer_loop(buses: Buses, runtime: Any) -> None:
             buses.poll_ssmb(time.monotonic())
 
 
-def make_status_server(runtime: Any, buses: Buses, port: int) -> ThreadingHTTPServer:
+def make_status_server(
+    runtime: Any, buses: Buses, port: int, routes: KernelRoutes | None = None
+) -> ThreadingHTTPServer:
     """The JSON status endpoint on 127.0.0.1."""
 
     class Handler(BaseHTTPRequestHandler):
@@ -228,6 +302,8 @@ def make_status_server(runtime: Any, buses: Buses, port: int) -> ThreadingHTTPSe
                 body["ssmb_receiver"] = dict(buses.receiver.counters)
                 body["ssmb_sender"] = dict(buses.sender.counters)
                 body["csmb"] = dict(buses.counters)
+                if routes is not None:
+                    body["kernel_routes"] = dict(routes.counters)
             elif path == "/flows":
                 body = runtime.snapshot(lambda e: e.flow_table())
             else:
@@ -305,7 +381,10 @@ def main(argv: list[str] | None = None) -> int:
 
     stop = threading.Event()
     epoch = args.epoch if args.epoch is not None else int(time.time()) & 0xFFFF
-    engine = DfsEngine(cfg, epoch)
+    routes = KernelRoutes(cfg) if cfg.routing.kernel_routes else None
+    if routes is not None:
+        routes.refresh()
+    engine = DfsEngine(cfg, epoch, route_lookup=routes.lookup if routes is not None else None)
     try:
         buses = Buses(cfg, stop)
     except OSError as exc:
@@ -315,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     DfsApp.runtime = runtime
     start_osken(cfg.openflow_port)
     relay = UnixRelay(cfg.unix_socket, cfg.openflow_port, stop) if cfg.unix_socket else None
-    status = make_status_server(runtime, buses, cfg.status_port)
+    status = make_status_server(runtime, buses, cfg.status_port, routes)
     threads = [
         threading.Thread(target=ssmb_loop, args=(buses, runtime), name="ssmb", daemon=True),
         threading.Thread(target=csmb_loop, args=(buses, runtime), name="csmb", daemon=True),
@@ -324,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if relay is not None:
         threads.append(threading.Thread(target=relay.serve, name="relay", daemon=True))
+    if routes is not None:
+        threads.append(
+            threading.Thread(target=kernel_route_loop, args=(routes, runtime, stop), name="routes", daemon=True)
+        )
     for t in threads:
         t.start()
 

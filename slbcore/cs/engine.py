@@ -25,6 +25,10 @@ NEWFLOW
     same real server, with a CS-chosen flow_id that has the top bit set. The prepared flow is tracked and
     reaped like any other.
 
+APP_QUERY
+    Decided like QUERY: this CS configures no application-data balancing (cookie, HTTP, TLS session), so
+    app_data is not consulted.
+
 Identity of a DFS
     A DFS is identified by the SSMB endpoint it announced in HELLO (``register_dfs``). A datagram from an
     unannounced endpoint whose address belongs to exactly one announced DFS is attributed to that DFS

@@ -10,9 +10,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -332,7 +332,9 @@ def parse_config(data: dict[str, Any]) -> DfsConfig:
         route_idle=_int(rt.get("route_idle", rdef.route_idle), "routing.route_idle", 1, 65535),
         max_routes=_int(rt.get("max_routes", rdef.max_routes), "routing.max_routes", 1, 10_000_000),
         kernel_routes=rt.get("kernel_routes", rdef.kernel_routes),
-        kernel_refresh=_num(rt.get("kernel_refresh", rdef.kernel_refresh), "routing.kernel_refresh", 0.1, 3600),
+        kernel_refresh=_num(
+            rt.get("kernel_refresh", rdef.kernel_refresh), "routing.kernel_refresh", 0.1, 3600
+        ),
         kernel_table=_int(rt.get("kernel_table", rdef.kernel_table), "routing.kernel_table", 1, 0xFFFFFFFF),
     )
     return DfsConfig(

@@ -528,7 +528,9 @@ class DfsEngine:
             return Output()
         if ip.proto == IPPROTO_ICMP and icmp_type_code(ip) == (ICMP_ECHO_REQUEST, 0):
             self.counters["icmp_echo_replies"] += 1
-            return Output(openflow=[rules.packet_out(self.dp, 0, build_icmp_echo_reply(frame, intf.mac), in_port)])
+            return Output(
+                openflow=[rules.packet_out(self.dp, 0, build_icmp_echo_reply(frame, intf.mac), in_port)]
+            )
         self.counters["local_ignored"] += 1
         return Output()
 
@@ -557,9 +559,7 @@ class DfsEngine:
         if route is None:
             self.counters["no_route_drops"] += 1
             # A short-lived drop entry keeps a flood toward an unrouted address off the controller.
-            out = Output(
-                openflow=[rules.route_entry(self.dp, self.epoch, ip.dst, [], NO_ROUTE_HOLD)]
-            )
+            out = Output(openflow=[rules.route_entry(self.dp, self.epoch, ip.dst, [], NO_ROUTE_HOLD)])
             if not (ip.proto == IPPROTO_ICMP and self._is_icmp_error(ip)):
                 err = build_icmp_unreachable(frame, intf.mac, ICMP_NET_UNREACH, intf.ipaddr)
                 out.openflow.append(rules.packet_out(self.dp, 0, err, in_port))
@@ -598,7 +598,12 @@ class DfsEngine:
         out = Output(
             openflow=[
                 rules.route_entry(
-                    self.dp, self.epoch, dst, actions, self.cfg.routing.route_idle, in_port if hairpin else None
+                    self.dp,
+                    self.epoch,
+                    dst,
+                    actions,
+                    self.cfg.routing.route_idle,
+                    in_port if hairpin else None,
                 )
             ]
         )

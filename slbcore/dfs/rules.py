@@ -246,7 +246,11 @@ def base_entries(dp: Any, epoch: int, forward: bool = True) -> list[Any]:
     if forward:
         msgs += [
             add_entry(
-                dp, make_cookie(KIND_INFRA, epoch, 2), PRIO_IP_MISS, p.OFPMatch(eth_type=0x0800), to_controller(dp)
+                dp,
+                make_cookie(KIND_INFRA, epoch, 2),
+                PRIO_IP_MISS,
+                p.OFPMatch(eth_type=0x0800),
+                to_controller(dp),
             ),
             add_entry(
                 dp,
