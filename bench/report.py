@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,6 +24,7 @@ LABELS = {
     "cs_assist": "LB CS_ASSIST",
     "dfs_assist": "LB DFS_ASSIST",
 }
+COMPONENT_FIGURES = 16
 METRICS = (
     ("new_conn_per_s", "new conn/s"),
     ("keepalive_req_per_s", "keep-alive req/s"),
@@ -157,7 +159,13 @@ def summary_text(doc: dict[str, Any]) -> str:
     qs = doc.get("query_scaling", {})
     lines.append(f"   query scaling: {qs.get('status')}")
     sc = topo.get("scaling", {})
-    lines.append(f"   scaling curves: {sc.get('status', 'ok' if sc else '-')}")
+    if "status" in sc or not sc:
+        lines.append(f"   scaling curves: {sc.get('status', '-')}")
+    else:
+        for cls in ("cs_assist", "dfs_assist"):
+            data = sc.get(cls, {})
+            reached = [r["held"] for r in data.get("rows", [])]
+            lines.append(f"   scaling {cls}: {data.get('status', '-')}; held flows reached: {reached or '-'}")
     for p in doc.get("problems", []):
         lines.append(f"   PROBLEM {p}")
     return "\n".join(lines)
@@ -255,6 +263,8 @@ def plot_scaling(doc: dict[str, Any], path: Path) -> bool:
         ax.set_xscale("log")
         ax.set_xlabel("established flows held open")
         ax.legend(fontsize=7)
+    ax1.set_ylim(bottom=0)
+    ax2.set_ylim(bottom=0)
     ax1.set_ylabel("new conn/s")
     ax1.set_title("new-connection rate vs held flows", fontsize=9)
     ax2.set_ylabel("% of one core, during the new-connection run")
@@ -315,8 +325,8 @@ def _scaling_section(doc: dict[str, Any]) -> list[str]:
                     fmt(r.get("target")),
                     fmt(r.get("held")),
                     fmt(r.get("new_conn_per_s")),
-                    f"{fmt(cpu.get('cs'), 1)} / {fmt(cpu.get('dfs'), 1)}",
-                    f"{fmt(idle.get('cs'), 1)} / {fmt(idle.get('dfs'), 1)}",
+                    " / ".join(fmt(cpu.get(k), 1) for k in ("cs", "dfs", "vswitchd")),
+                    " / ".join(fmt(idle.get(k), 1) for k in ("cs", "dfs", "vswitchd")),
                     fmt(r.get("cs_bytes_per_flow")),
                     fmt(r.get("dfs_bytes_per_flow")),
                     fmt(r.get("switch_bytes_per_flow")),
@@ -330,8 +340,8 @@ def _scaling_section(doc: dict[str, Any]) -> list[str]:
                     "target",
                     "held",
                     "new conn/s",
-                    "CPU% CS/DFS (load)",
-                    "CPU% CS/DFS (idle)",
+                    "CPU% CS/DFS/OVS (load)",
+                    "CPU% CS/DFS/OVS (idle)",
                     "CS B/flow",
                     "DFS B/flow",
                     "switch B/flow",
@@ -466,6 +476,16 @@ def render_markdown(doc: dict[str, Any], plots: list[str]) -> str:
         nums = len(_flat(comp.get("data")))
         comp_rows.append([name, str(comp.get("status"))[:150], fmt(comp.get("seconds"), 1), fmt(nums)])
     out += _table(["benchmark", "status", "seconds", "figures"], comp_rows)
+    for name, comp in doc.get("components", {}).items():
+        flat = figures(comp.get("data"))
+        if not flat:
+            continue
+        headline = {k: v for k, v in flat.items() if HEADLINE_RE.search(k)} or flat
+        shown = list(headline.items())[:COMPONENT_FIGURES]
+        out += ["", f"### {name}", ""]
+        out += _table(["figure", "value"], [[k, fmt(v, 3 if abs(v) < 100 else 0)] for k, v in shown])
+        if len(flat) > len(shown):
+            out.append(f"\n({len(flat) - len(shown)} more figures in `latest.json`.)")
     out += ["", "Their full figures are in `latest.json` under `components`.", ""]
     out += ["## Paths measured", ""]
     for name, text in topo.get("paths", {}).items():
@@ -475,6 +495,27 @@ def render_markdown(doc: dict[str, Any], plots: list[str]) -> str:
     if notes:
         out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(out)
+
+
+HEADLINE_RE = re.compile(r"per_s(econd)?$|ratio|_us$|_ms$")
+LABEL_KEYS = ("bus", "message", "name", "method", "kind", "case")
+
+
+def figures(doc: Any, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves by dotted path; list items are named by their label fields, not their index."""
+    found: dict[str, float] = {}
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            found.update(figures(value, f"{prefix}{key}."))
+    elif isinstance(doc, list):
+        for i, item in enumerate(doc):
+            label = "/".join(
+                str(item[k]) for k in LABEL_KEYS if isinstance(item, dict) and isinstance(item.get(k), str)
+            ) or str(i)
+            found.update(figures(item, f"{prefix}{label}."))
+    elif isinstance(doc, int | float) and not isinstance(doc, bool):
+        found[prefix.rstrip(".")] = float(doc)
+    return found
 
 
 def _flat(doc: Any) -> dict[str, float]:

@@ -191,9 +191,16 @@ def _help_text(module: str) -> str:
 QUERY_RATE_KEYS = re.compile(r"(quer(y|ies)|repl(y|ies)).*(per_s|rate|_s$)|qps", re.IGNORECASE)
 
 
+PREFERRED_QUERY_KEYS = ("udp.cs.per_second", "udp.per_second", "queries_per_s")
+
+
 def pick_query_rate(doc: Any) -> tuple[str, float] | None:
-    """The QUERY-rate figure of a bench_cs document: the first numeric key that names a query rate."""
-    for key, value in topo_bench.flatten_numbers(doc).items():
+    """The QUERY-rate figure of a bench_cs document: a known key, else the first that names a query rate."""
+    flat = topo_bench.flatten_numbers(doc)
+    for key in PREFERRED_QUERY_KEYS:
+        if key in flat:
+            return key, flat[key]
+    for key, value in flat.items():
         if QUERY_RATE_KEYS.search(key.rsplit(".", 1)[-1]) or QUERY_RATE_KEYS.search(key):
             return key, value
     return None
@@ -253,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-topology", action="store_true", help="skip the topology benchmark")
     ap.add_argument("--no-scaling", action="store_true", help="skip the scaling curves (full mode)")
     ap.add_argument(
+        "--scaling-levels",
+        type=topo_bench.parse_levels,
+        help="held-flow levels of the scaling curves (default 1000,10000,50000)",
+    )
+    ap.add_argument(
         "--strict",
         action="store_true",
         help="exit 1 also when a piece is missing or unavailable (default: only when one failed)",
@@ -290,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.no_scaling:
             settings.scaling = False
+        if args.scaling_levels:
+            settings.scaling_levels = args.scaling_levels
         try:
             doc["topology"] = topo_bench.run_topology(settings)
         except Exception as exc:  # the testbed is torn down by then; the rest of the report still counts

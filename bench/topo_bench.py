@@ -1090,11 +1090,14 @@ class Holder:
             raise BenchError(f"holder exited: {err[-500:]}")
         return line.strip()
 
-    def level(self, count: int, timeout: float) -> dict[str, Any]:
-        """Open connections until ``count`` are held (or the holder's deadline passes)."""
+    def ask(self, count: int) -> None:
+        """Ask the holder to hold ``count`` connections in all."""
         assert self.proc.stdin is not None
         self.proc.stdin.write(f"{count}\n")
         self.proc.stdin.flush()
+
+    def answer(self, timeout: float) -> dict[str, Any]:
+        """The holder's report on the last :meth:`ask`."""
         return json.loads(self.next_line(timeout))  # type: ignore[no-any-return]
 
     def close(self) -> None:
@@ -1109,11 +1112,63 @@ class Holder:
         self.bed.stop_proc(self.proc)
 
 
+def holders_needed(max_level: int, margin: int = 200) -> int:
+    """Holder processes needed for ``max_level`` connections under this process's hard fd limit.
+
+    The hard limit cannot be raised without CAP_SYS_RESOURCE, which containers often lack, so large
+    levels are spread over several processes instead.
+    """
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    per_process = 1_000_000 if hard == resource.RLIM_INFINITY else max(1000, hard - margin)
+    return max(1, -(-max_level // per_process))
+
+
+class HolderGroup:
+    """Several holder processes on one client, asked for a total that they share evenly."""
+
+    def __init__(
+        self, bed: BenchTestbed, node: Any, host: str, port: int, deadline: float, count: int
+    ) -> None:
+        self.members: list[Holder] = []
+        try:
+            for _ in range(count):
+                self.members.append(Holder(bed, node, host, port, deadline))
+        except BaseException:
+            self.close()
+            raise
+
+    def level(self, total: int, timeout: float) -> dict[str, Any]:
+        """Hold ``total`` connections across the members; one merged report."""
+        n = len(self.members)
+        for i, member in enumerate(self.members):
+            member.ask(total // n + (1 if i < total % n else 0))
+        reports = [member.answer(timeout) for member in self.members]
+        failures: dict[str, int] = {}
+        for r in reports:
+            for kind, count in (r.get("failures") or {}).items():
+                failures[kind] = failures.get(kind, 0) + int(count)
+        return {
+            "target": total,
+            "held": sum(int(r.get("held", 0)) for r in reports),
+            "failures": failures,
+            "seconds": max(float(r.get("seconds", 0)) for r in reports),
+            "processes": n,
+        }
+
+    def close(self) -> None:
+        """Close every member."""
+        for member in self.members:
+            member.close()
+
+
 def _sample(bed: BenchTestbed, pids: dict[str, int | None]) -> dict[str, Any]:
     vs = vswitchd_pid()
     counts = switch_flow_counts(bed.spec.dfs[0].switch)
     dfs = bed.dfs_status() or {}
+    cs = bed.cs_status() or {}
+    cs_flows = cs.get("flows") if isinstance(cs, dict) else None
     return {
+        "cs_flows_active": cs_flows.get("active") if isinstance(cs_flows, dict) else None,
         "rss_cs_kb": proc_rss_kb(pids["cs"]),
         "rss_dfs_kb": proc_rss_kb(pids["dfs"]),
         "rss_vswitchd_kb": proc_rss_kb(vs),
@@ -1135,6 +1190,7 @@ def run_scaling(bed: BenchTestbed, pids: dict[str, int | None]) -> dict[str, Any
     out: dict[str, Any] = {"levels": list(s.scaling_levels)}
     holds = {vs["vs_class"]: vs for vs in bed.spec.virtual_servers if int(vs.get("port", 0)) == SINK_PORT}
     holder_client = bed.node(bed.spec.clients[1].name)
+    pids = {**pids, "vswitchd": vswitchd_pid()}
     for cls in LB_SCENARIOS:
         vs = holds.get(cls)
         if vs is None:
@@ -1148,9 +1204,16 @@ def run_scaling(bed: BenchTestbed, pids: dict[str, int | None]) -> dict[str, Any
         rows: list[dict[str, Any]] = []
         notes: list[str] = []
         base = _sample(bed, pids)
-        holder: Holder | None = None
+        holder: HolderGroup | None = None
         try:
-            holder = Holder(bed, holder_client, vs["vip"], SINK_PORT, s.level_deadline)
+            holder = HolderGroup(
+                bed,
+                holder_client,
+                vs["vip"],
+                SINK_PORT,
+                s.level_deadline,
+                holders_needed(max(s.scaling_levels)),
+            )
             for level in s.scaling_levels:
                 report = holder.level(level, s.level_deadline + 30)
                 held = int(report.get("held", 0))
@@ -1196,7 +1259,7 @@ def run_scaling(bed: BenchTestbed, pids: dict[str, int | None]) -> dict[str, Any
                     rest = [lv for lv in s.scaling_levels if lv > level]
                     notes.append(
                         f"level {level} not reached ({held} held within {s.level_deadline:.0f}s: "
-                        f"{report.get('failures')}); skipped {rest or 'nothing'}"
+                        f"{report.get('failures')}); skipped {rest or 'no higher level'}"
                     )
                     break
             out[cls] = {"status": "ok", "baseline": base, "rows": rows, "notes": notes}
@@ -1423,6 +1486,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(text)
     return 0 if doc.get("status") == "ok" else 1
+
+
+def parse_levels(text: str) -> tuple[int, ...]:
+    """A comma-separated list of held-flow counts, increasing, each in 1..200000."""
+    try:
+        levels = tuple(int(n) for n in text.split(",") if n.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+    if not levels or any(not 1 <= n <= 200_000 for n in levels) or list(levels) != sorted(set(levels)):
+        raise argparse.ArgumentTypeError(f"levels must increase, each in 1..200000: {text!r}")
+    return levels
 
 
 def parse_scenarios(text: str) -> tuple[str, ...]:

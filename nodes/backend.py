@@ -74,6 +74,13 @@ class BackendServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.name = name
         self.fail_flag = fail_flag
 
+    def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
+        """A client that resets or goes away is normal traffic, not a server error; others are logged."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run the backend until SIGTERM."""

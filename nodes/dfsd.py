@@ -40,6 +40,7 @@ from slbproto.peer import SsmbReceiver, SsmbSender
 LOG = logging.getLogger("dfsd")
 TICK = 0.02
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
+ECHO_INTERVAL, ECHO_UNREPLIED = 1.0, 3
 
 
 class Buses:
@@ -340,10 +341,15 @@ def start_osken(port: int) -> None:
     """Start os-ken with the DFS app, listening on 127.0.0.1:port (returns once it listens)."""
     from os_ken import cfg as osken_cfg
     from os_ken.base.app_manager import AppManager
+    from os_ken.controller import controller as _registers_ofp_options  # noqa: F401
 
     osken_cfg.CONF(
         args=["--ofp-listen-host", "127.0.0.1", "--ofp-tcp-listen-port", str(port)], project="os_ken"
     )
+    # Echo requests are what makes os-ken's native-thread hub notice a closed switch connection
+    # (its send loop otherwise waits forever); they also detect a hung switch.
+    osken_cfg.CONF.set_override("echo_request_interval", ECHO_INTERVAL)
+    osken_cfg.CONF.set_override("maximum_unreplied_echo_requests", ECHO_UNREPLIED)
     mgr = AppManager.get_instance()
     mgr.load_apps(["controller.app"])
     contexts = mgr.create_contexts()

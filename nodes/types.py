@@ -208,7 +208,8 @@ class ClientNode(SlbNode):
     def http_get(self, url: str, timeout: float = 5.0) -> tuple[int, str]:
         """One HTTP GET with curl; returns (status, body), status 0 when the connection failed."""
         out = self.cmd(f"curl -sS --max-time {timeout:g} -w '\\n%{{http_code}}' {shlex.quote(url)} 2>&1")
-        body, _, code = out.rstrip("\n").rpartition("\n")
+        body, _, code = out.replace("\r", "").rstrip("\n").rpartition("\n")
+        body = body.rstrip("\n")
         try:
             return int(code), body
         except ValueError:

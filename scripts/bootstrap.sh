@@ -13,7 +13,7 @@ die() { printf '[bootstrap] error: %s\n' "$*" >&2; exit 1; }
 
 APT_PACKAGES=(
   mininet openvswitch-switch openvswitch-common
-  ethtool iproute2 iputils-ping curl socat procps psmisc nftables
+  ethtool iproute2 iputils-ping iputils-arping curl socat procps psmisc nftables
   python3 python3-venv python3-dev python3-pip gcc
   tshark haproxy wrk iperf3
 )

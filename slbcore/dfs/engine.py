@@ -55,6 +55,7 @@ ZERO_MAC = "00:00:00:00:00:00"
 OFPET_FLOW_MOD_FAILED = 5
 OFPFMFC_TABLE_FULL = 1
 OFPRR_DELETE = 2
+REMOVED_REASONS = {0: "idle_timeout", 1: "hard_timeout", 2: "delete", 3: "group_delete"}
 TABLE_FULL_BACKOFF = 1.0
 REAP_STATS_TIMEOUT = 2.0
 MAX_LEARNED_WAITING = 65536
@@ -345,6 +346,7 @@ class DfsEngine:
         out = Output()
         # Groups are re-created from our own state; learned entries do not reference them.
         out.openflow.append(rules.group_delete(dp, ofp.OFPG_ALL))
+        out.openflow.append(rules.delete_by_cookie(dp, rules.make_cookie(rules.KIND_POOL, 0, 0), rules.MASK_KIND))
         out.openflow += rules.base_entries(dp, self.epoch, self.cfg.routing.forward)
         if self.counters["switch_connects"] == 1:
             # Forwarding entries of an earlier incarnation may point at stale MACs; ours stay.
@@ -959,6 +961,7 @@ class DfsEngine:
         if parts is None or not parts.kind & rules.KIND_PER_FLOW:
             return Output()
         self.counters["flow_removed"] += 1
+        self.counters[f"flow_removed.{REMOVED_REASONS.get(reason, reason)}"] += 1
         if parts.kind in (rules.KIND_LEARN_FWD, rules.KIND_LEARN_REV):
             return self._learned_removed(parts.kind, parts.ident, entry, now)
         f = self.flows.get(parts.ident)
@@ -1354,31 +1357,36 @@ class DfsEngine:
                 targets.append(PoolTarget(e.ipaddr, e.port, e.weight, route.interface.mac, l2[0], l2[1]))
             if self.switch_up and targets:
                 ofp = self.dp.ofproto
+                t = self.cfg.timeouts
+                # member entries first, so no bucket ever resubmits to a missing one
+                for i, target in enumerate(targets):
+                    out.openflow.append(
+                        rules.pool_member_entry(
+                            self.dp,
+                            self.epoch,
+                            st.index,
+                            i,
+                            vs.proto,
+                            target,
+                            bool(flags & VsFlag.TRANSLATE_ADDR),
+                            bool(flags & VsFlag.TRANSLATE_PORT),
+                            t.idle,
+                            t.fin_idle,
+                            t.fin_hard,
+                        )
+                    )
                 if new_group or not st.targets:
                     out.openflow.append(rules.group_delete(self.dp, st.index))
                     command = ofp.OFPGC_ADD
                 else:
                     command = ofp.OFPGC_MODIFY
-                t = self.cfg.timeouts
-                out.openflow.append(
-                    rules.pool_group(
-                        self.dp,
-                        command,
-                        st.index,
-                        self.epoch,
-                        st.index,
-                        vs.proto,
-                        targets,
-                        bool(flags & VsFlag.TRANSLATE_ADDR),
-                        bool(flags & VsFlag.TRANSLATE_PORT),
-                        t.idle,
-                        t.fin_idle,
-                        t.fin_hard,
-                    )
-                )
+                out.openflow.append(rules.pool_group(self.dp, command, st.index, st.index, targets))
+                for gone in range(len(targets), len(st.targets)):
+                    out.openflow.append(rules.pool_members_delete(self.dp, st.index, gone))
                 group_id = st.index
             elif not targets and st.targets:
                 out.openflow.append(rules.group_delete(self.dp, st.index))
+                out.openflow.append(rules.pool_members_delete(self.dp, st.index))
             st.targets = targets
         if self.switch_up:
             out.openflow.append(
@@ -1404,6 +1412,7 @@ class DfsEngine:
             out.openflow.append(rules.vs_entry_delete(self.dp, self.epoch, st.index))
             if st.dfs_assist:
                 out.openflow.append(rules.group_delete(self.dp, st.index))
+                out.openflow.append(rules.pool_members_delete(self.dp, st.index))
         for p in [p for p in self.pending.values() if p.vs_key == key]:
             out.extend(self._fail_pending(p, "vs_gone"))
         return out

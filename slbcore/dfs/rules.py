@@ -34,10 +34,13 @@ KIND_PER_FLOW = 0x10
 KIND_INFRA = 0x01
 KIND_DISPATCH = 0x02
 KIND_ROUTE = 0x03
+KIND_POOL = 0x04
 KIND_FWD = 0x11
 KIND_REV = 0x12
 KIND_LEARN_FWD = 0x15
 KIND_LEARN_REV = 0x16
+
+POOL_TABLE = 1  # one entry per DFS_ASSIST pool member; the pool group's buckets resubmit to it
 
 PRIO_MISS = 0
 PRIO_IP_MISS = 1
@@ -51,6 +54,7 @@ PRIO_FLOW_ANY_PORT = 1999
 PRIO_FLOW = 2000
 
 FLOW_REM_SEND = 1  # NX_LEARN_F_SEND_FLOW_REM
+NX_IN_PORT = 0xFFF8  # Nicira actions number ports the OpenFlow 1.0 way: "keep the in_port"
 
 MASK_ALL = 0xFFFFFFFFFFFFFFFF
 MASK_TAG = 0xFF << 56
@@ -214,11 +218,14 @@ def to_controller(dp: Any) -> list[Any]:
     ]
 
 
-def add_entry(dp: Any, cookie: int, priority: int, match: Any, instructions: list[Any]) -> Any:
+def add_entry(
+    dp: Any, cookie: int, priority: int, match: Any, instructions: list[Any], table_id: int = 0
+) -> Any:
     """A permanent flow-mod (no timeouts)."""
     ofp, p = dp.ofproto, dp.ofproto_parser
     return p.OFPFlowMod(
         dp,
+        table_id=table_id,
         cookie=cookie,
         command=ofp.OFPFC_ADD,
         priority=priority,
@@ -239,6 +246,7 @@ def base_entries(dp: Any, epoch: int, forward: bool = True) -> list[Any]:
     p = dp.ofproto_parser
     msgs = [
         add_entry(dp, make_cookie(KIND_INFRA, epoch, 0), PRIO_MISS, p.OFPMatch(), []),
+        add_entry(dp, make_cookie(KIND_INFRA, epoch, 5), PRIO_MISS, p.OFPMatch(), [], POOL_TABLE),
         add_entry(
             dp, make_cookie(KIND_INFRA, epoch, 1), PRIO_ARP, p.OFPMatch(eth_type=0x0806), to_controller(dp)
         ),
@@ -539,50 +547,87 @@ def learn_actions(
     ]
 
 
-def pool_group(
+def pool_tag(index: int, member: int) -> int:
+    """The reg3 value (and cookie ident) naming member ``member`` of the pool of VS ``index``."""
+    return ((index & 0xFFFF) << 16) | (member & 0xFFFF)
+
+
+def pool_group(dp: Any, command: int, group_id: int, index: int, targets: list[PoolTarget]) -> Any:
+    """A select group with one weighted bucket per reachable pool member.
+
+    A bucket only tags the packet with its member (reg3) and resubmits it to :data:`POOL_TABLE`,
+    where that member's entry (:func:`pool_member_entry`) does the work. OVS executes bucket
+    actions as an action set, which silently drops ``learn``; a resubmitted table runs a
+    normal action list. OVS 3.1 picks the bucket with ``dp_hash`` over a symmetric L4 hash of
+    the five-tuple (its default for OpenFlow 1.3 select groups), so a connection's packets hash
+    to the same member even before its learned entries exist.
+    """
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    buckets = [
+        p.OFPBucket(
+            weight=max(1, t.weight),
+            watch_port=ofp.OFPP_ANY,
+            watch_group=ofp.OFPG_ANY,
+            actions=[
+                p.OFPActionSetField(reg3=pool_tag(index, i)),
+                p.NXActionResubmitTable(in_port=NX_IN_PORT, table_id=POOL_TABLE),
+            ],
+        )
+        for i, t in enumerate(targets)
+    ]
+    return p.OFPGroupMod(dp, command=command, type_=ofp.OFPGT_SELECT, group_id=group_id, buckets=buckets)
+
+
+def pool_member_entry(
     dp: Any,
-    command: int,
-    group_id: int,
     epoch: int,
     index: int,
+    member: int,
     proto: int,
-    targets: list[PoolTarget],
+    target: PoolTarget,
     translate_addr: bool,
     translate_port: bool,
     idle: int,
     fin_idle: int,
     fin_hard: int,
 ) -> Any:
-    """A select group with one weighted bucket per reachable pool member.
-
-    OVS hashes each new connection to a bucket (its default for OpenFlow 1.3 select groups is
-    a symmetric hash of the L3/L4 five-tuple); the bucket learns the per-connection entries so
-    later packets never reach the group again and the connection keeps its server.
-    """
+    """The POOL_TABLE entry of one member: learn the connection's two entries, DNAT, MACs, output."""
     ofp, p = dp.ofproto, dp.ofproto_parser
-    sname, dname = _l4_names(proto)
-    buckets = []
-    for t in targets:
-        acts: list[Any] = [p.OFPActionSetField(reg0=t.out_port)]
-        acts += learn_actions(
-            dp, epoch, index, proto, t, translate_addr, translate_port, idle, fin_idle, fin_hard
-        )
-        if translate_addr:
-            acts.append(p.OFPActionSetField(ipv4_dst=t.ipaddr))
-        if translate_port:
-            acts.append(p.OFPActionSetField(**{dname: t.port}))
-        acts += [
-            p.OFPActionSetField(eth_src=t.eth_src),
-            p.OFPActionSetField(eth_dst=t.eth_dst),
-            p.OFPActionOutput(t.out_port, 0),
-        ]
-        buckets.append(
-            p.OFPBucket(
-                weight=max(1, t.weight), watch_port=ofp.OFPP_ANY, watch_group=ofp.OFPG_ANY, actions=acts
-            )
-        )
-    del sname
-    return p.OFPGroupMod(dp, command=command, type_=ofp.OFPGT_SELECT, group_id=group_id, buckets=buckets)
+    _, dname = _l4_names(proto)
+    acts: list[Any] = [p.OFPActionSetField(reg0=target.out_port)]
+    acts += learn_actions(
+        dp, epoch, index, proto, target, translate_addr, translate_port, idle, fin_idle, fin_hard
+    )
+    if translate_addr:
+        acts.append(p.OFPActionSetField(ipv4_dst=target.ipaddr))
+    if translate_port:
+        acts.append(p.OFPActionSetField(**{dname: target.port}))
+    acts += [
+        p.OFPActionSetField(eth_src=target.eth_src),
+        p.OFPActionSetField(eth_dst=target.eth_dst),
+        p.OFPActionOutput(target.out_port, 0),
+    ]
+    tag = pool_tag(index, member)
+    return p.OFPFlowMod(
+        dp,
+        table_id=POOL_TABLE,
+        cookie=make_cookie(KIND_POOL, epoch, tag),
+        command=ofp.OFPFC_ADD,
+        priority=PRIO_VS_BASE,
+        buffer_id=ofp.OFP_NO_BUFFER,
+        out_port=ofp.OFPP_ANY,
+        out_group=ofp.OFPG_ANY,
+        # learn copies IP and port fields, so the match must carry their prerequisites
+        match=p.OFPMatch(eth_type=0x0800, ip_proto=proto, reg3=tag),
+        instructions=[p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, acts)],
+    )
+
+
+def pool_members_delete(dp: Any, index: int, member: int | None = None) -> Any:
+    """Remove one member's POOL_TABLE entry, or all of VS ``index``'s (any epoch)."""
+    if member is None:
+        return delete_by_cookie(dp, make_cookie(KIND_POOL, 0, pool_tag(index, 0)), MASK_KIND | 0xFFFF0000)
+    return delete_by_cookie(dp, make_cookie(KIND_POOL, 0, pool_tag(index, member)), MASK_KIND | 0xFFFFFFFF)
 
 
 def group_delete(dp: Any, group_id: int) -> Any:

@@ -36,7 +36,7 @@ Transfer/sec:    484.07KB
 """
 
 
-def _bench(tmp_path: Path, *args: str, timeout: float = 420) -> tuple[subprocess.CompletedProcess[str], Any]:
+def _bench(tmp_path: Path, *args: str, timeout: float = 540) -> tuple[subprocess.CompletedProcess[str], Any]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--out", str(tmp_path), *args],
@@ -69,6 +69,7 @@ def _assert_has_numbers(name: str, sc: dict[str, Any]) -> None:
 @pytest.mark.integration
 @pytest.mark.needs_root
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # may first wait for another testbed to finish (the testbed lock)
 def test_static_scenarios_produce_numbers(tmp_path: Path, no_leftovers: None) -> None:
     """Ceiling, direct and HAProxy need no load-balancer daemon: each must produce every figure."""
     proc, doc = _bench(tmp_path, "--no-components", "--scenarios", ",".join(STATIC))
@@ -93,6 +94,7 @@ def test_static_scenarios_produce_numbers(tmp_path: Path, no_leftovers: None) ->
 @pytest.mark.integration
 @pytest.mark.needs_root
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # may first wait for another testbed to finish (the testbed lock)
 def test_every_piece_reports_numbers_or_a_reason(tmp_path: Path, no_leftovers: None) -> None:
     """The whole quick run: components that exist produce numbers, LB scenarios numbers or a reason."""
     proc, doc = _bench(tmp_path)

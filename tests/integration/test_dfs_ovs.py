@@ -1,8 +1,11 @@
 """dfsd programming a real OVS userspace bridge between a client and a server namespace.
 
-A scripted CS answers the DFS's QUERYs (VIP 10.0.9.100:80 -> 10.0.2.10:8080). The test makes
-real HTTP requests through the VIP and checks that only the first packet of a flow reaches the
-DFS and that the DELETE counters equal the bytes and packets the client and server interfaces saw.
+A scripted CS on loopback answers the DFS's QUERYs (or, when told to, ignores them). The tests
+make real TCP connections through the VIP and check what the issue promises on real OVS: only
+the first packet of a flow reaches the DFS, DELETE carries the switch's counts, a controller
+reconnect keeps a live connection working, the flow limit and a silent CS refuse new flows with
+a RST while existing flows carry on, bad bus input is counted and survived, and the ``dfs`` CLI
+reads the live daemon. :class:`DfsBed` is shared by the other ``test_dfs_*`` integration modules.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +39,60 @@ TAG = f"{os.getpid() % 100000}"
 BRIDGE, NS_C, NS_S = f"dfsbr{TAG}", f"dfsc{TAG}", f"dfss{TAG}"
 A1, A2 = "02:00:00:00:01:01", "02:00:00:00:02:01"
 CLIENT_MAC, SERVER_MAC = "02:c0:00:00:00:50", "02:5e:00:00:00:10"
-VIP, SERVER = "10.0.9.100", "10.0.2.10"
+CLIENT, VIP, SERVER = "10.0.1.50", "10.0.9.100", "10.0.2.10"
+HTTP_VS = csmb.VirtualServer(int(VsFlag.TRANSLATE_ADDR | VsFlag.TRANSLATE_PORT), VIP, 80, VsClass.CS_ASSIST, 6)
+ECHO_VS = csmb.VirtualServer(int(VsFlag.TRANSLATE_ADDR | VsFlag.TRANSLATE_PORT), VIP, 7, VsClass.CS_ASSIST, 6)
+
+# Runs in the server namespace: a line echo server on :9000 that prefixes each answer with the
+# local address the connection came in on, so a client can tell which server it reached.
+ECHO_SERVER = r"""
+import socket, threading
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", 9000))
+srv.listen(256)
+def handle(c):
+    me = c.getsockname()[0].encode()
+    with c, c.makefile("rb") as f:
+        for line in f:
+            c.sendall(me + b" " + line)
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=handle, args=(c,), daemon=True).start()
+"""
+
+# Runs in the client namespace: open N connections, send R rounds of lines on each, print JSON
+# with the server identity every answer named (or the error each connection hit).
+ECHO_CLIENT = r"""
+import json, socket, sys, time
+host, port, n, rounds, gap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+conns, errors, seen = [], [], []
+for i in range(n):
+    try:
+        s = socket.create_connection((host, port), timeout=5)
+        conns.append((s, s.makefile("rb")))
+        seen.append([])
+    except OSError as exc:
+        errors.append(type(exc).__name__)
+print("CONNECTED", len(conns), flush=True)
+for r in range(rounds):
+    for i, (s, f) in enumerate(conns):
+        try:
+            s.sendall(b"round %d\n" % r)
+            line = f.readline()
+            seen[i].append(line.split(b" ")[0].decode() if line else "EOF")
+        except OSError as exc:
+            seen[i].append(type(exc).__name__)
+    time.sleep(gap)
+for s, f in conns:
+    f.close()
+    s.close()
+print(json.dumps({"errors": errors, "seen": seen}), flush=True)
+"""
 
 
-def _problem() -> str | None:
+def ovs_problem() -> str | None:
+    """Why this machine cannot run the OVS tests, or None."""
     if os.geteuid() != 0:
         return "needs root (namespaces and Open vSwitch)"
     if not shutil.which("ovs-vsctl"):
@@ -48,15 +102,15 @@ def _problem() -> str | None:
     return None
 
 
-def sh(*args: str, check: bool = True) -> str:
-    res = subprocess.run(args, capture_output=True, text=True, timeout=30)
+def sh(*args: str, check: bool = True, timeout: float = 30) -> str:
+    res = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
     if check and res.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed: {res.stderr.strip()}")
     return res.stdout
 
 
-def ns(name: str, *args: str, check: bool = True) -> str:
-    return sh("ip", "netns", "exec", name, *args, check=check)
+def ns(name: str, *args: str, check: bool = True, timeout: float = 30) -> str:
+    return sh("ip", "netns", "exec", name, *args, check=check, timeout=timeout)
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -65,21 +119,25 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
+def wait_for(
+    cond: Callable[[], Any], timeout: float, what: str, explain: Callable[[], str] | None = None
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = cond()
         if value:
             return value
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f"\n{explain()}" if explain else ""))
 
 
 class ScriptedCs:
-    """A minimal CS: HELLO/ACK, RESET + one ADD_VS, REPLY to every QUERY; records what arrives."""
+    """A minimal CS: HELLO/ACK, RESET + ADD_VS per VS, REPLY per QUERY (unless silent); records all."""
 
-    def __init__(self, vs: csmb.VirtualServer) -> None:
-        self.vs = vs
+    def __init__(self, vservers: list[csmb.VirtualServer], targets: dict[int, tuple[str, int]]) -> None:
+        self.vservers = vservers
+        self.targets = targets
+        self.silent = False
         self.tcp = socket.socket()
         self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.tcp.bind(("127.0.0.1", 0))
@@ -91,7 +149,11 @@ class ScriptedCs:
         self.stop = threading.Event()
         self.queries: list[ssmb.Query] = []
         self.deletes: list[ssmb.Delete] = []
+        self.stats: list[ssmb.Stats] = []
         self.csmb_in: list[Any] = []
+        self.hellos = 0
+        self.conn: socket.socket | None = None
+        self.dfs_ssmb: tuple[str, int] | None = None
         self.serials = SerialCounter()
         self.threads = [
             threading.Thread(target=self._csmb, daemon=True),
@@ -108,6 +170,16 @@ class ScriptedCs:
     def ssmb_port(self) -> int:
         return int(self.udp.getsockname()[1])
 
+    def send_csmb_raw(self, data: bytes) -> None:
+        """Write raw bytes on the CSMB connection (to feed the DFS a broken stream)."""
+        assert self.conn is not None
+        self.conn.sendall(data)
+
+    def send_ssmb(self, msg: Any) -> None:
+        """Send one SSMB message to the endpoint the DFS announced."""
+        assert self.dfs_ssmb is not None
+        self.udp.sendto(ssmb.encode_datagram([self.serials.stamp(msg)]), self.dfs_ssmb)
+
     def _csmb(self) -> None:
         while not self.stop.is_set():
             try:
@@ -115,6 +187,7 @@ class ScriptedCs:
             except TimeoutError:
                 continue
             conn.settimeout(0.2)
+            self.conn = conn
             dec = csmb.StreamDecoder()
             with conn:
                 while not self.stop.is_set():
@@ -122,18 +195,24 @@ class ScriptedCs:
                         data = conn.recv(65536)
                     except TimeoutError:
                         continue
+                    except OSError:
+                        break
                     if not data:
                         break
                     for msg in dec.feed(data):
                         self.csmb_in.append(msg)
                         if isinstance(msg, csmb.Hello):
-                            for out in (
+                            self.hellos += 1
+                            self.dfs_ssmb = (msg.ssmb_active_ipaddr, msg.ssmb_port)
+                            out: list[Any] = [
                                 csmb.Ack(),
                                 csmb.Hello("127.0.0.1", "0.0.0.0", 0, 1, 0, self.ssmb_port),
                                 csmb.Reset(),
-                                csmb.AddVs(self.vs),
-                            ):
-                                conn.sendall(csmb.encode_message(out))
+                            ]
+                            out += [csmb.AddVs(vs) for vs in self.vservers]
+                            for m in out:
+                                conn.sendall(csmb.encode_message(m))
+            self.conn = None
 
     def _ssmb(self) -> None:
         while not self.stop.is_set():
@@ -141,23 +220,30 @@ class ScriptedCs:
                 data, addr = self.udp.recvfrom(65535)
             except TimeoutError:
                 continue
+            except OSError:
+                return
             for msg in ssmb.decode_datagram(data):
                 if isinstance(msg, ssmb.Query):
                     self.queries.append(msg)
+                    if self.silent:
+                        continue
+                    new_ip, new_port = self.targets[msg.orig_dst_port]
                     reply = ssmb.Reply(
                         orig_src_ipaddr=msg.orig_src_ipaddr,
                         orig_dst_ipaddr=msg.orig_dst_ipaddr,
                         orig_src_port=msg.orig_src_port,
                         orig_dst_port=msg.orig_dst_port,
                         proto=msg.proto,
-                        new_dst_ipaddr=SERVER,
-                        new_dst_port=8080,
-                        next_hop_ipaddr=SERVER,
+                        new_dst_ipaddr=new_ip,
+                        new_dst_port=new_port,
+                        next_hop_ipaddr=new_ip,
                         flow_id=msg.flow_id,
                     )
                     self.udp.sendto(ssmb.encode_datagram([self.serials.stamp(reply)]), addr)
                 elif isinstance(msg, ssmb.Delete):
                     self.deletes.append(msg)
+                elif isinstance(msg, ssmb.Stats):
+                    self.stats.append(msg)
 
     def close(self) -> None:
         self.stop.set()
@@ -177,19 +263,39 @@ def link_stats(nsname: str, dev: str) -> dict[str, int]:
     }
 
 
-def status(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url + "/status", timeout=5) as resp:
-        return json.loads(resp.read())  # type: ignore[no-any-return]
+def status(url: str, path: str = "/status") -> Any:
+    with urllib.request.urlopen(url + path, timeout=5) as resp:
+        return json.loads(resp.read())
 
 
-@pytest.fixture
-def testbed(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    problem = _problem()
-    if problem:
-        pytest.skip(problem)
-    cleanups: list[Callable[[], Any]] = []
-    try:
-        cleanups.append(lambda: sh("ovs-vsctl", "--if-exists", "del-br", BRIDGE, check=False))
+@dataclass
+class BedSpec:
+    """What a test bed runs: virtual servers, where the CS sends each VIP port, extra config."""
+
+    vservers: list[csmb.VirtualServer] = field(default_factory=lambda: [HTTP_VS])
+    targets: dict[int, tuple[str, int]] = field(default_factory=lambda: {80: (SERVER, 8080), 7: (SERVER, 9000)})
+    server_ips: tuple[str, ...] = (SERVER,)
+    extra_toml: str = ""
+    timeouts: str = "idle = 5\nfin_idle = 1"
+    web: bool = False
+    echo: bool = False
+
+
+class DfsBed:
+    """Bridge (secure, OF1.3, userspace), client and server namespaces, scripted CS, dfsd."""
+
+    def __init__(self, spec: BedSpec, tmp: Path) -> None:
+        self.spec, self.tmp = spec, tmp
+        self.cleanups: list[Callable[[], Any]] = []
+        self.sock_path = f"/var/run/openvswitch/dfs{TAG}.sock"
+        self.url = ""
+        self.cs: ScriptedCs
+        self.dfsd: Daemon
+        self.ssmb_port = 0
+
+    def start(self) -> DfsBed:
+        spec = self.spec
+        self.cleanups.append(lambda: sh("ovs-vsctl", "--if-exists", "del-br", BRIDGE, check=False))
         sh(
             "ovs-vsctl",
             "add-br",
@@ -202,74 +308,53 @@ def testbed(tmp_path: Path) -> Iterator[dict[str, Any]]:
             "fail_mode=secure",
             "protocols=OpenFlow13",
         )
-        for name, port, ip, mac, gw, gw_mac in (
-            (NS_C, 1, "10.0.1.50/24", CLIENT_MAC, "10.0.1.1", A1),
-            (NS_S, 2, f"{SERVER}/24", SERVER_MAC, "10.0.2.1", A2),
+        for name, port, ips, mac, gw, gw_mac in (
+            (NS_C, 1, (CLIENT,), CLIENT_MAC, "10.0.1.1", A1),
+            (NS_S, 2, spec.server_ips, SERVER_MAC, "10.0.2.1", A2),
         ):
-            cleanups.append(lambda n=name: sh("ip", "netns", "del", n, check=False))
+            self.cleanups.append(lambda n=name: sh("ip", "netns", "del", n, check=False))
             sh("ip", "netns", "add", name)
-            ns(
-                name,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            )
+            ns(name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
             inner, outer = f"{name}i", f"{name}o"
-            cleanups.append(lambda o=outer: sh("ip", "link", "del", o, check=False))
+            self.cleanups.append(lambda o=outer: sh("ip", "link", "del", o, check=False))
             sh("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
             sh("ip", "link", "set", inner, "netns", name)
-            ns(name, "sysctl", "-qw", f"net.ipv6.conf.{inner}.disable_ipv6=1")
             sh("sysctl", "-qw", f"net.ipv6.conf.{outer}.disable_ipv6=1")
             for off in ("tx", "rx", "tso", "gso", "gro"):
                 sh("ethtool", "-K", outer, off, "off", check=False)
                 ns(name, "ethtool", "-K", inner, off, "off", check=False)
             ns(name, "ip", "link", "set", inner, "address", mac)
-            ns(name, "ip", "addr", "add", ip, "dev", inner)
+            for ip in ips:
+                ns(name, "ip", "addr", "add", f"{ip}/24", "dev", inner)
             ns(name, "ip", "link", "set", inner, "up")
             ns(name, "ip", "link", "set", "lo", "up")
             ns(name, "ip", "route", "add", "default", "via", gw)
             # static gateway entries keep kernel ARP traffic out of the byte counts
             ns(name, "ip", "neigh", "replace", gw, "lladdr", gw_mac, "dev", inner, "nud", "permanent")
             sh("ip", "link", "set", outer, "up")
-            sh(
-                "ovs-vsctl",
-                "add-port",
-                BRIDGE,
-                outer,
-                "--",
-                "set",
-                "interface",
-                outer,
-                f"ofport_request={port}",
-            )
-
-        vs = csmb.VirtualServer(
-            int(VsFlag.TRANSLATE_ADDR | VsFlag.TRANSLATE_PORT), VIP, 80, VsClass.CS_ASSIST, 6
-        )
-        cs = ScriptedCs(vs)
-        cleanups.append(cs.close)
-        of_port, status_port, ssmb_port = free_port(), free_port(), free_port(socket.SOCK_DGRAM)
-        sock_path = f"/var/run/openvswitch/dfs{TAG}.sock"
-        conf = tmp_path / "dfs.toml"
+            sh("ovs-vsctl", "add-port", BRIDGE, outer, "--", "set", "interface", outer, f"ofport_request={port}")
+        self.cs = ScriptedCs(spec.vservers, spec.targets)
+        self.cleanups.append(self.cs.close)
+        of_port, status_port = free_port(), free_port()
+        self.ssmb_port = free_port(socket.SOCK_DGRAM)
+        conf = self.tmp / "dfs.toml"
         conf.write_text(f"""
 [dfs]
 name = "dfs-it"
 switch = "{BRIDGE}"
 mgmt_ipaddr = "127.0.0.1"
-ssmb_port = {ssmb_port}
+ssmb_port = {self.ssmb_port}
 [cs]
 ipaddr = "127.0.0.1"
-csmb_port = {cs.csmb_port}
-ssmb_port = {cs.ssmb_port}
+csmb_port = {self.cs.csmb_port}
+ssmb_port = {self.cs.ssmb_port}
 [openflow]
 listen_port = {of_port}
-unix_socket = "{sock_path}"
+unix_socket = "{self.sock_path}"
 [status]
 port = {status_port}
 [timeouts]
-idle = 5
-fin_idle = 1
+{spec.timeouts}
 [[interface]]
 port = 1
 ipaddr = "10.0.1.1/24"
@@ -281,83 +366,162 @@ mac = "{A2}"
 [[route]]
 prefix = "10.0.9.0/24"
 via = "10.0.2.254"
+{spec.extra_toml}
 """)
-        env = {"PYTHONPATH": str(ROOT)}
-        dfsd = Daemon("dfsd", [sys.executable, "-m", "nodes.dfsd", str(conf)], tmp_path / "dfsd.log", env=env)
-        cleanups.append(dfsd.stop)
-        dfsd.start(timeout=30)
-        sh("ovs-vsctl", "set-controller", BRIDGE, f"unix:{sock_path}")
-        url = f"http://127.0.0.1:{status_port}"
+        self.dfsd = self._run_dfsd("dfsd.log")
+        sh("ovs-vsctl", "set-controller", BRIDGE, f"unix:{self.sock_path}")
+        self.url = f"http://127.0.0.1:{status_port}"
         wait_for(
-            lambda: (
-                status(url)["switch_connected"]
-                and status(url)["cs_connected"]
-                and status(url)["virtual_servers"] == 1
-            ),
+            lambda: (st := self.status())["switch_connected"]
+            and st["cs_connected"]
+            and st["virtual_servers"] == len(spec.vservers),
             20,
-            "switch, CS and VS",
+            "switch, CS and virtual servers",
         )
-        (tmp_path / "blob.txt").write_text("0123456789abcdef" * 65536)
-        web = subprocess.Popen(
-            ["ip", "netns", "exec", NS_S, sys.executable, "-m", "http.server", "8080", "--bind", "0.0.0.0"],
-            cwd=tmp_path,
+        if spec.web:
+            (self.tmp / "blob.txt").write_text("0123456789abcdef" * 65536)
+            self._spawn_server([sys.executable, "-m", "http.server", "8080", "--bind", "0.0.0.0"], "8080")
+        if spec.echo:
+            self._spawn_server([sys.executable, "-c", ECHO_SERVER], "9000")
+        return self
+
+    def _run_dfsd(self, log: str, *extra: str) -> Daemon:
+        env = {"PYTHONPATH": str(ROOT)}
+        argv = [sys.executable, "-m", "nodes.dfsd", str(self.tmp / "dfs.toml"), *extra]
+        dfsd = Daemon("dfsd", argv, self.tmp / log, env=env)
+        self.cleanups.append(dfsd.stop)
+        dfsd.start(timeout=30)
+        return dfsd
+
+    def restart_dfsd(self, epoch: int) -> None:
+        """Stop the daemon and start a new one with another epoch; the switch reconnects to it."""
+        assert self.dfsd.stop() == 0, self.dfsd.log_text()[-3000:]
+        assert "Traceback" not in self.dfsd.log_text()
+        self.dfsd = self._run_dfsd("dfsd2.log", "--epoch", str(epoch))
+        # skip OVS's reconnect backoff
+        sh("ovs-appctl", "bridge/reconnect", BRIDGE)
+        wait_for(lambda: self.status()["switch_connected"], 15, "the switch reconnecting")
+
+    def _spawn_server(self, argv: list[str], port: str) -> None:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", NS_S, *argv],
+            cwd=self.tmp,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
 
-        def stop_web() -> None:
-            web.terminate()
+        def stop() -> None:
+            proc.terminate()
             try:
-                web.wait(timeout=5)
+                proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                web.kill()
-                web.wait(timeout=5)
+                proc.kill()
+                proc.wait(timeout=5)
 
-        cleanups.append(stop_web)
-        wait_for(lambda: "8080" in ns(NS_S, "ss", "-ltn"), 10, "web server")
-        yield {"url": url, "cs": cs, "dfsd": dfsd}
-        assert "Traceback" not in dfsd.log_text(), dfsd.log_text()[-3000:]
-    finally:
-        for fn in reversed(cleanups):
+        self.cleanups.append(stop)
+        wait_for(lambda: f":{port} " in ns(NS_S, "ss", "-ltn"), 10, f"server on port {port}")
+
+    def status(self) -> Any:
+        return status(self.url)
+
+    def diagnostics(self) -> str:
+        flows = sh("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", BRIDGE, check=False)
+        return f"flows:\n{flows}\nstatus: {self.status()}\nlog:\n{self.dfsd.log_text()[-3000:]}"
+
+    def echo_client(self, port: int, conns: int, rounds: int, gap: float) -> subprocess.Popen[str]:
+        """Start the echo client in the client namespace (see ECHO_CLIENT)."""
+        return subprocess.Popen(
+            ["ip", "netns", "exec", NS_C, sys.executable, "-c", ECHO_CLIENT, VIP, str(port), str(conns),
+             str(rounds), str(gap)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def close(self) -> None:
+        log = self.dfsd.log_text() if hasattr(self, "dfsd") else ""
+        for fn in reversed(self.cleanups):
             with contextlib.suppress(Exception):
                 fn()
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"/var/run/openvswitch/dfs{TAG}.sock")
-    # other test runs may share this machine: check only what this test created
-    assert BRIDGE not in sh("ovs-vsctl", "list-br").split()
-    left = [line.split()[0] for line in sh("ip", "netns", "list").splitlines() if line.strip()]
-    assert NS_C not in left and NS_S not in left
-    assert not os.path.exists(f"/var/run/openvswitch/dfs{TAG}.sock")
+            os.unlink(self.sock_path)
+        # other test runs may share this machine: check only what this bed created
+        assert BRIDGE not in sh("ovs-vsctl", "list-br").split()
+        left = [line.split()[0] for line in sh("ip", "netns", "list").splitlines() if line.strip()]
+        assert NS_C not in left and NS_S not in left
+        assert not os.path.exists(self.sock_path)
+        assert "Traceback" not in log, log[-3000:]
 
 
-def diagnostics(bed: dict[str, Any]) -> str:
-    flows = sh("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", BRIDGE, check=False)
-    return f"flows:\n{flows}\nstatus: {status(bed['url'])}\nlog:\n{bed['dfsd'].log_text()[-3000:]}"
+@pytest.fixture
+def make_bed(tmp_path: Path) -> Iterator[Callable[[BedSpec], DfsBed]]:
+    """Build a :class:`DfsBed` from a spec; everything it made is removed afterwards."""
+    problem = ovs_problem()
+    if problem:
+        pytest.skip(problem)
+    beds: list[DfsBed] = []
+
+    def make(spec: BedSpec) -> DfsBed:
+        bed = DfsBed(spec, tmp_path)
+        beds.append(bed)
+        return bed.start()
+
+    try:
+        yield make
+    finally:
+        for bed in beds:
+            bed.close()
 
 
-def http_get(bed: dict[str, Any], path: str = "/") -> str:
-    res = subprocess.run(
-        ["ip", "netns", "exec", NS_C, "curl", "-s", "--max-time", "10", f"http://{VIP}{path}"],
+def echo_result(proc: subprocess.Popen[str], timeout: float = 20) -> dict[str, Any]:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def curl(url: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", NS_C, "curl", "-s", "--max-time", str(timeout), url],
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=timeout + 20,
     )
-    assert res.returncode == 0, f"curl exit {res.returncode}\n{diagnostics(bed)}"
+
+
+def dfs_cli(bed: DfsBed, *args: str) -> str:
+    res = subprocess.run(
+        [sys.executable, "-m", "nodes.dfscli", "--url", bed.url, *args],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert res.returncode == 0, res.stderr
     return res.stdout
 
 
-def test_http_through_vip_is_offloaded_and_counted(testbed: dict[str, Any]) -> None:
-    url, cs = testbed["url"], testbed["cs"]
+# ----------------------------------------------------------------------------------------- tests
+
+
+def test_http_through_vip_is_offloaded_and_counted(make_bed: Callable[[BedSpec], DfsBed]) -> None:
+    bed = make_bed(BedSpec(web=True))
+    cs = bed.cs
+
+    def http_get(path: str = "/") -> str:
+        res = curl(f"http://{VIP}{path}")
+        assert res.returncode == 0, f"curl exit {res.returncode}\n{bed.diagnostics()}"
+        return res.stdout
+
     # warm-up flow: the DFS learns the server's MAC; its DELETE shows the flow lifecycle works
-    assert "Directory listing" in http_get(testbed)
+    assert "Directory listing" in http_get()
     wait_for(lambda: len(cs.deletes) == 1, 15, "DELETE of the warm-up flow")
-    st0 = status(url)
+    st0 = bed.status()
     c0, s0 = link_stats(NS_C, f"{NS_C}i"), link_stats(NS_S, f"{NS_S}i")
-    body = http_get(testbed, "/blob.txt")
+    body = http_get("/blob.txt")
     assert len(body) == 16 * 65536
     wait_for(lambda: len(cs.deletes) == 2, 15, "DELETE of the measured flow")
     c1, s1 = link_stats(NS_C, f"{NS_C}i"), link_stats(NS_S, f"{NS_S}i")
-    st1 = status(url)
+    st1 = bed.status()
     delete, query = cs.deletes[1], cs.queries[-1]
     assert delete.flow_id == query.flow_id and len(cs.queries) == 2
     assert (delete.orig_dst_ipaddr, delete.orig_dst_port) == (VIP, 80)
@@ -371,9 +535,127 @@ def test_http_through_vip_is_offloaded_and_counted(testbed: dict[str, Any]) -> N
     client_got = (c1["rx_packets"] - c0["rx_packets"], c1["rx_bytes"] - c0["rx_bytes"])
     server_got = (s1["rx_packets"] - s0["rx_packets"], s1["rx_bytes"] - s0["rx_bytes"])
     server_sent = (s1["tx_packets"] - s0["tx_packets"], s1["tx_bytes"] - s0["tx_bytes"])
+    # DELETE carries the flow's totals (running totals, see slbcore.dfs): exactly what crossed
     assert (delete.inbound_pkts, delete.inbound_bytes) == client_sent == server_got
     assert (delete.outbound_pkts, delete.outbound_bytes) == client_got
     # The bulk direction can lose segments on the server's veth before the userspace switch
     # reads them; the server retransmits, so it may have sent more than the switch forwarded.
     assert server_sent[0] >= client_got[0] and server_sent[1] >= client_got[1]
     assert not st1["errors"], st1["errors"]
+
+
+def test_switch_reconnect_and_daemon_restart_keep_a_live_connection(
+    make_bed: Callable[[BedSpec], DfsBed],
+) -> None:
+    # ``ovs-appctl bridge/reconnect`` drops the OpenFlow connection without touching the
+    # configuration. (Changing it, ``ovs-vsctl del-controller``/``set-controller``, makes OVS 3.1
+    # flush the whole flow table, so that is not a reconnect the DFS could survive.)
+    bed = make_bed(BedSpec(vservers=[ECHO_VS], echo=True))
+    rounds = 70
+    client = bed.echo_client(7, conns=1, rounds=rounds, gap=0.1)  # one connection talking for ~7 s
+    try:
+        wait_for(lambda: bed.status()["flows_active"] == 1, 10, "the connection offloaded")
+        flows = dfs_cli(bed, "flows")
+        assert f"{VIP}:7" in flows and f"{SERVER}:9000" in flows and "offloaded" in flows, flows
+        st0 = bed.status()
+        sh("ovs-appctl", "bridge/reconnect", BRIDGE)
+        wait_for(
+            lambda: (s := bed.status())["counters"]["switch_connects"] == 2
+            and s["counters"].get("audit_kept", 0) == 1,
+            10,
+            "the reconnect audit keeping the flow",
+            bed.diagnostics,
+        )
+        st1 = bed.status()
+        assert st1["counters"]["packet_ins"] == st0["counters"]["packet_ins"], bed.diagnostics()
+        # A new daemon (new epoch) adopts the flow the old one installed and reports its end.
+        bed.restart_dfsd(epoch=(st0["epoch"] + 1) & 0xFFFF)
+        wait_for(
+            lambda: bed.status()["counters"].get("audit_adopted", 0) == 1,
+            15,
+            "the new daemon adopting the flow",
+            bed.diagnostics,
+        )
+        result = echo_result(client)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(timeout=5)
+    assert result["errors"] == [] and result["seen"] == [[SERVER] * rounds], result
+    assert len(bed.cs.queries) == 1, "the connection never went back to the CS"
+    wait_for(lambda: len(bed.cs.deletes) == 1, 10, "DELETE after the connection closed", bed.diagnostics)
+    delete = bed.cs.deletes[0]
+    assert delete.flow_id == bed.cs.queries[0].flow_id
+    assert delete.inbound_pkts >= rounds and delete.outbound_pkts >= rounds, delete
+    st2 = bed.status()
+    assert not st2["errors"], st2["errors"]
+    status_text = dfs_cli(bed, "status")
+    assert "switch connected: True" in status_text and "audit_adopted" in status_text, status_text
+    st_json = json.loads(dfs_cli(bed, "status", "--json"))
+    assert st_json["counters"]["flows_ended"] == 1 and st_json["flows_active"] == 0
+
+
+def test_refusals_fail_closed_and_keep_existing_flows(make_bed: Callable[[BedSpec], DfsBed]) -> None:
+    bed = make_bed(
+        BedSpec(
+            vservers=[ECHO_VS, HTTP_VS],
+            echo=True,
+            web=True,
+            timeouts="idle = 5\nfin_idle = 1\nquery = 0.1\nquery_retries = 2",
+            extra_toml="[limits]\nmax_flows = 2",
+        )
+    )
+    cs = bed.cs
+    client = bed.echo_client(7, conns=2, rounds=30, gap=0.1)  # two flows: the table is full
+    try:
+        wait_for(lambda: bed.status()["flows_active"] == 2, 10, "two flows offloaded")
+        t0 = time.monotonic()
+        res = curl(f"http://{VIP}/")
+        assert res.returncode == 7 and time.monotonic() - t0 < 3, res  # 7: connection refused (RST)
+        assert bed.status()["errors"].get("flow_limit") == 1
+        result = echo_result(client)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait(timeout=5)
+    assert result["errors"] == [] and result["seen"] == [[SERVER] * 30] * 2, result
+    wait_for(lambda: bed.status()["flows_active"] == 0, 10, "the two flows ending")
+
+    # Now the CS stops answering: after the QUERY and its bounded retries the client gets a RST.
+    cs.silent = True
+    queries = len(cs.queries)
+    t0 = time.monotonic()
+    res = curl(f"http://{VIP}/")
+    elapsed = time.monotonic() - t0
+    assert res.returncode == 7 and elapsed < 3, (res, elapsed)
+    st = bed.status()
+    assert st["errors"].get("query_timeout") == 1 and st["counters"]["query_retransmits"] == 2
+    assert len(cs.queries) - queries == 3 and st["flows_pending"] == 0
+
+    # Broken bus input is counted and survived: a garbage datagram, a REPLY for no flow, a
+    # broken CSMB stream (the DFS reconnects and says HELLO again).
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(b"\x00\x01garbage", ("127.0.0.1", bed.ssmb_port))
+    cs.send_ssmb(
+        ssmb.Reply(
+            orig_src_ipaddr=CLIENT, orig_dst_ipaddr=VIP, orig_src_port=1, orig_dst_port=80, flow_id=999
+        )
+    )
+    hellos = cs.hellos
+    cs.send_csmb_raw(b"\xff" * 12)
+    wait_for(lambda: cs.hellos > hellos, 10, "the DFS reconnecting its CSMB")
+    st = wait_for(
+        lambda: (s := bed.status())["ssmb_receiver"].get("dropped", 0) >= 1
+        and s["errors"].get("unsolicited_reply") == 1
+        and s["csmb"]["csmb_bad_stream"] == 1
+        and s["cs_connected"]
+        and s,
+        10,
+        "bad input counted",
+    )
+    assert bed.dfsd.running()
+    cs.silent = False
+    res = curl(f"http://{VIP}/")
+    assert res.returncode == 0 and "Directory listing" in res.stdout, bed.diagnostics()
+    log = bed.dfsd.log_text()
+    assert log.count("DFS error unsolicited_reply") == 1 and log.count("DFS error query_timeout") == 1, log

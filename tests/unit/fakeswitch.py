@@ -98,6 +98,7 @@ class Entry:
     last_used: float
     packet_count: int = 0
     byte_count: int = 0
+    table_id: int = 0
 
     def matches(self, pkt: dict[str, Any]) -> bool:
         """Whether the packet (int-valued fields) matches this entry."""
@@ -201,6 +202,7 @@ class FakeSwitch:
                     fm.flags,
                     self.now,
                     self.now,
+                    table_id=fm.table_id,
                 )
             )
             return []
@@ -209,6 +211,8 @@ class FakeSwitch:
             gone = []
             for e in self.entries:
                 if (e.cookie & fm.cookie_mask) != (fm.cookie & fm.cookie_mask):
+                    continue
+                if fm.table_id != ofp.OFPTT_ALL and e.table_id != fm.table_id:
                     continue
                 if strict:
                     if e.priority != fm.priority or e.match != match:
@@ -221,7 +225,7 @@ class FakeSwitch:
 
     def _add(self, entry: Entry) -> None:
         for i, e in enumerate(self.entries):
-            if e.priority == entry.priority and e.match == entry.match:
+            if e.table_id == entry.table_id and e.priority == entry.priority and e.match == entry.match:
                 self.entries[i] = entry
                 return
         self.entries.append(entry)
@@ -263,10 +267,12 @@ class FakeSwitch:
     def _user(pkt: dict[str, Any]) -> dict[str, Any]:
         return {k: (v if k.startswith("_") else to_user(k, v)) for k, v in pkt.items()}
 
-    def lookup(self, pkt: dict[str, Any]) -> Entry | None:
-        """The highest-priority entry matching an int-valued packet."""
+    def lookup(self, pkt: dict[str, Any], table_id: int = 0) -> Entry | None:
+        """The highest-priority entry of table ``table_id`` matching an int-valued packet."""
         best: Entry | None = None
         for e in self.entries:
+            if e.table_id != table_id:
+                continue
             if e.matches(pkt) and (best is None or e.priority > best.priority):
                 best = e
         return best
@@ -276,15 +282,18 @@ class FakeSwitch:
         p = self._norm(dict(pkt))
         p["in_port"] = in_port
         p.setdefault("_size", size)
-        entry = self.lookup(p)
+        events = self._table(p, 0)
+        self.events += events
+        return events
+
+    def _table(self, pkt: dict[str, Any], table_id: int) -> list[Event]:
+        entry = self.lookup(pkt, table_id)
         if entry is None:
             return []
         entry.packet_count += 1
-        entry.byte_count += p["_size"]
+        entry.byte_count += pkt["_size"]
         entry.last_used = self.now
-        events = self._run_actions(p, entry.actions, entry)
-        self.events += events
-        return events
+        return self._run_actions(pkt, entry.actions, entry)
 
     def _run_actions(self, pkt: dict[str, Any], actions: list[Any], entry: Entry | None) -> list[Event]:
         events: list[Event] = []
@@ -315,6 +324,8 @@ class FakeSwitch:
                 events += self._group(pkt, a.group_id)
             elif isinstance(a, parser.NXActionLearn):
                 self._learn(pkt, a)
+            elif isinstance(a, parser.NXActionResubmitTable):
+                events += self._table(pkt, a.table_id)
             elif isinstance(a, parser.NXActionFinTimeout):
                 if entry is not None and pkt.get("tcp_flags", 0) & 0x05:
                     entry.idle_timeout = a.fin_idle_timeout or entry.idle_timeout
@@ -335,7 +346,9 @@ class FakeSwitch:
         slot = h % sum(b.weight for b in buckets)
         for b in buckets:
             if slot < b.weight:
-                return self._run_actions(pkt, b.actions, None)
+                # OVS runs bucket actions as an action set: a learn there is silently dropped
+                assert not any(isinstance(a, parser.NXActionLearn) for a in b.actions), "learn in a bucket"
+                return self._run_actions(dict(pkt), b.actions, None)
             slot -= b.weight
         raise AssertionError("unreachable")
 
@@ -360,7 +373,14 @@ class FakeSwitch:
                 ),
             )
         flags = ofp.OFPFF_SEND_FLOW_REM if learn.flags & 1 else 0
-        existing = next((e for e in self.entries if e.priority == learn.priority and e.match == match), None)
+        existing = next(
+            (
+                e
+                for e in self.entries
+                if e.table_id == learn.table_id and e.priority == learn.priority and e.match == match
+            ),
+            None,
+        )
         entry = Entry(
             learn.priority,
             match,
@@ -371,6 +391,7 @@ class FakeSwitch:
             flags,
             self.now,
             self.now,
+            table_id=learn.table_id,
         )
         if existing is not None:
             entry.packet_count, entry.byte_count = existing.packet_count, existing.byte_count
