@@ -152,37 +152,37 @@ class DfsApp(app_manager.OSKenApp):  # type: ignore[misc]
             raise RuntimeError("DfsApp.runtime must be set before os-ken starts the app")
         self.rt: DfsRuntime = DfsApp.runtime
 
-    @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
+    @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)  # type: ignore[untyped-decorator]
     def _features(self, ev: Any) -> None:
         dp = ev.msg.datapath
         LOG.info("switch %016x connected", dp.id)
         self.rt.attach(dp)
 
-    @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
+    @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)  # type: ignore[untyped-decorator]
     def _dead(self, ev: Any) -> None:
         LOG.info("switch connection closed")
         self.rt.detach(ev.datapath)
 
-    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)  # type: ignore[untyped-decorator]
     def _packet_in(self, ev: Any) -> None:
         msg = ev.msg
         in_port = msg.match.get("in_port", 0)
         data = bytes(msg.data)
         self.rt.run(lambda e, now: e.packet_in(in_port, data, now))
 
-    @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
+    @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)  # type: ignore[untyped-decorator]
     def _flow_removed(self, ev: Any) -> None:
         msg = ev.msg
         entry, reason = _entry(msg), msg.reason
         self.rt.run(lambda e, now: e.flow_removed(entry, reason, now))
 
-    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)  # type: ignore[untyped-decorator]
     def _flow_stats(self, ev: Any) -> None:
         msg = ev.msg
         more = bool(msg.flags & msg.datapath.ofproto.OFPMPF_REPLY_MORE)
         self.rt.stats_part(msg.xid, [_entry(s) for s in msg.body], more)
 
-    @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
+    @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])  # type: ignore[untyped-decorator]
     def _error(self, ev: Any) -> None:
         msg = ev.msg
         LOG.warning("OpenFlow error type=%d code=%d", msg.type, msg.code)

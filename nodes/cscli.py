@@ -226,6 +226,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         if args.json and exc.body is not None:
             print(json.dumps(exc.body, indent=2))
         print(f"cs: {args.command} refused: {exc}", file=sys.stderr)
+        problems = exc.body.get("problems", []) if isinstance(exc.body, dict) else []
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
         return EXIT_REFUSED
     print(json.dumps(data, indent=2) if args.json else text)
     return 0

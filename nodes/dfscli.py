@@ -29,7 +29,11 @@ def render_status(st: dict[str, Any]) -> str:
         f"  switch connected: {st['switch_connected']}   CS connected: {st['cs_connected']}",
         f"  virtual servers: {st['virtual_servers']}   flows: {st['flows_active']} offloaded, "
         f"{st['flows_pending']} pending   held packets: {st['held_packets']}",
+        f"  neighbours: {st.get('neighbours', 0)}   routed destinations: {st.get('routed_destinations', 0)}",
     ]
+    if st.get("kernel_routes"):
+        kr = st["kernel_routes"]
+        lines.append(f"  kernel routes: {kr.get('routes', 0)} (read {kr.get('reads', 0)} times)")
     if st.get("counters"):
         lines.append("  counters:")
         lines += [f"    {k:<28} {v}" for k, v in st["counters"].items()]

@@ -411,7 +411,9 @@ def main(argv: list[str] | None = None) -> int:
         threads.append(threading.Thread(target=relay.serve, name="relay", daemon=True))
     if routes is not None:
         threads.append(
-            threading.Thread(target=kernel_route_loop, args=(routes, runtime, stop), name="routes", daemon=True)
+            threading.Thread(
+                target=kernel_route_loop, args=(routes, runtime, stop), name="routes", daemon=True
+            )
         )
     for t in threads:
         t.start()

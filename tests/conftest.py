@@ -56,7 +56,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 def _our_leftovers() -> list[str]:
     """Bridges, namespaces and state files a test run of ours could have left."""
-    from nodes.net import STATE_DIR
+    from nodes.net import STATE_DIR, pid_alive
 
     found: list[str] = []
     if _ovs_running():
@@ -65,7 +65,12 @@ def _our_leftovers() -> list[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     found += [f"netns {line.split()[0]}" for line in out.splitlines() if line.strip()]
     if STATE_DIR.is_dir():
-        found += [f"state file {p.name}" for p in STATE_DIR.glob("*.json")]
+        # A state file whose owner still runs belongs to a live testbed (another run), not to us.
+        found += [
+            f"state file {p.name}"
+            for p in STATE_DIR.glob("net-*.json")
+            if not pid_alive(int(p.name.split("-")[1])) or int(p.name.split("-")[1]) == os.getpid()
+        ]
     return found
 
 

@@ -346,7 +346,10 @@ class DfsEngine:
         out = Output()
         # Groups are re-created from our own state; learned entries do not reference them.
         out.openflow.append(rules.group_delete(dp, ofp.OFPG_ALL))
-        out.openflow.append(rules.delete_by_cookie(dp, rules.make_cookie(rules.KIND_POOL, 0, 0), rules.MASK_KIND))
+        out.openflow.append(
+            rules.delete_by_cookie(dp, rules.make_cookie(rules.KIND_POOL, 0, 0), rules.MASK_KIND)
+        )
+        out.openflow += rules.switch_config(dp)
         out.openflow += rules.base_entries(dp, self.epoch, self.cfg.routing.forward)
         if self.counters["switch_connects"] == 1:
             # Forwarding entries of an earlier incarnation may point at stale MACs; ours stay.

@@ -280,6 +280,24 @@ def base_entries(dp: Any, epoch: int, forward: bool = True) -> list[Any]:
     return msgs
 
 
+def switch_config(dp: Any) -> list[Any]:
+    """Ask for packets whose TTL expires at a ``dec_ttl`` (a router answers them).
+
+    In OpenFlow 1.3 the asynchronous configuration decides which packet-in reasons a controller
+    gets; OVS leaves OFPR_INVALID_TTL out by default.
+    """
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    reasons = (1 << ofp.OFPR_NO_MATCH) | (1 << ofp.OFPR_ACTION) | (1 << ofp.OFPR_INVALID_TTL)
+    removed = (
+        (1 << ofp.OFPRR_IDLE_TIMEOUT)
+        | (1 << ofp.OFPRR_HARD_TIMEOUT)
+        | (1 << ofp.OFPRR_DELETE)
+        | (1 << ofp.OFPRR_GROUP_DELETE)
+    )
+    ports = (1 << ofp.OFPPR_ADD) | (1 << ofp.OFPPR_DELETE) | (1 << ofp.OFPPR_MODIFY)
+    return [p.OFPSetAsync(dp, [reasons, 0], [ports, ports], [removed, 0])]
+
+
 def own_address_entries(dp: Any, epoch: int, ipaddr: str, index: int) -> list[Any]:
     """IP to the DFS's own interface address: ICMP to the controller (ping), the rest dropped.
 

@@ -40,7 +40,9 @@ BRIDGE, NS_C, NS_S = f"dfsbr{TAG}", f"dfsc{TAG}", f"dfss{TAG}"
 A1, A2 = "02:00:00:00:01:01", "02:00:00:00:02:01"
 CLIENT_MAC, SERVER_MAC = "02:c0:00:00:00:50", "02:5e:00:00:00:10"
 CLIENT, VIP, SERVER = "10.0.1.50", "10.0.9.100", "10.0.2.10"
-HTTP_VS = csmb.VirtualServer(int(VsFlag.TRANSLATE_ADDR | VsFlag.TRANSLATE_PORT), VIP, 80, VsClass.CS_ASSIST, 6)
+HTTP_VS = csmb.VirtualServer(
+    int(VsFlag.TRANSLATE_ADDR | VsFlag.TRANSLATE_PORT), VIP, 80, VsClass.CS_ASSIST, 6
+)
 ECHO_VS = csmb.VirtualServer(int(VsFlag.TRANSLATE_ADDR | VsFlag.TRANSLATE_PORT), VIP, 7, VsClass.CS_ASSIST, 6)
 
 # Runs in the server namespace: a line echo server on :9000 that prefixes each answer with the
@@ -65,7 +67,8 @@ while True:
 # with the server identity every answer named (or the error each connection hit).
 ECHO_CLIENT = r"""
 import json, socket, sys, time
-host, port, n, rounds, gap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+host, port, n, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+gap = float(sys.argv[5])
 conns, errors, seen = [], [], []
 for i in range(n):
     try:
@@ -128,7 +131,9 @@ def wait_for(
         if value:
             return value
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f"\n{explain()}" if explain else ""))
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what}" + (f"\n{explain()}" if explain else "")
+    )
 
 
 class ScriptedCs:
@@ -273,7 +278,9 @@ class BedSpec:
     """What a test bed runs: virtual servers, where the CS sends each VIP port, extra config."""
 
     vservers: list[csmb.VirtualServer] = field(default_factory=lambda: [HTTP_VS])
-    targets: dict[int, tuple[str, int]] = field(default_factory=lambda: {80: (SERVER, 8080), 7: (SERVER, 9000)})
+    targets: dict[int, tuple[str, int]] = field(
+        default_factory=lambda: {80: (SERVER, 8080), 7: (SERVER, 9000)}
+    )
     server_ips: tuple[str, ...] = (SERVER,)
     extra_toml: str = ""
     timeouts: str = "idle = 5\nfin_idle = 1"
@@ -314,7 +321,13 @@ class DfsBed:
         ):
             self.cleanups.append(lambda n=name: sh("ip", "netns", "del", n, check=False))
             sh("ip", "netns", "add", name)
-            ns(name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+            ns(
+                name,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            )
             inner, outer = f"{name}i", f"{name}o"
             self.cleanups.append(lambda o=outer: sh("ip", "link", "del", o, check=False))
             sh("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
@@ -332,7 +345,17 @@ class DfsBed:
             # static gateway entries keep kernel ARP traffic out of the byte counts
             ns(name, "ip", "neigh", "replace", gw, "lladdr", gw_mac, "dev", inner, "nud", "permanent")
             sh("ip", "link", "set", outer, "up")
-            sh("ovs-vsctl", "add-port", BRIDGE, outer, "--", "set", "interface", outer, f"ofport_request={port}")
+            sh(
+                "ovs-vsctl",
+                "add-port",
+                BRIDGE,
+                outer,
+                "--",
+                "set",
+                "interface",
+                outer,
+                f"ofport_request={port}",
+            )
         self.cs = ScriptedCs(spec.vservers, spec.targets)
         self.cleanups.append(self.cs.close)
         of_port, status_port = free_port(), free_port()
@@ -372,9 +395,11 @@ via = "10.0.2.254"
         sh("ovs-vsctl", "set-controller", BRIDGE, f"unix:{self.sock_path}")
         self.url = f"http://127.0.0.1:{status_port}"
         wait_for(
-            lambda: (st := self.status())["switch_connected"]
-            and st["cs_connected"]
-            and st["virtual_servers"] == len(spec.vservers),
+            lambda: (
+                (st := self.status())["switch_connected"]
+                and st["cs_connected"]
+                and st["virtual_servers"] == len(spec.vservers)
+            ),
             20,
             "switch, CS and virtual servers",
         )
@@ -431,8 +456,20 @@ via = "10.0.2.254"
     def echo_client(self, port: int, conns: int, rounds: int, gap: float) -> subprocess.Popen[str]:
         """Start the echo client in the client namespace (see ECHO_CLIENT)."""
         return subprocess.Popen(
-            ["ip", "netns", "exec", NS_C, sys.executable, "-c", ECHO_CLIENT, VIP, str(port), str(conns),
-             str(rounds), str(gap)],
+            [
+                "ip",
+                "netns",
+                "exec",
+                NS_C,
+                sys.executable,
+                "-c",
+                ECHO_CLIENT,
+                VIP,
+                str(port),
+                str(conns),
+                str(rounds),
+                str(gap),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -525,11 +562,16 @@ def test_http_through_vip_is_offloaded_and_counted(make_bed: Callable[[BedSpec],
     delete, query = cs.deletes[1], cs.queries[-1]
     assert delete.flow_id == query.flow_id and len(cs.queries) == 2
     assert (delete.orig_dst_ipaddr, delete.orig_dst_port) == (VIP, 80)
-    # The SYN reached the DFS; at most a packet or two of the handshake may overtake the new
-    # entries in OVS's datapath cache. The hundreds of packets after them stay in the switch.
+    # The SYN reached the DFS. Packets that overtake the new entries (OVS's datapath cache
+    # still sends them up until its revalidators catch up: a packet or two on an idle machine,
+    # more on a busy one) are forwarded by the DFS; the rest of the flow stays in the switch.
     packet_ins = st1["counters"]["packet_ins"] - st0["counters"]["packet_ins"]
-    assert 1 <= packet_ins <= 3, packet_ins
+    late = st1["counters"].get("packet_ins_after_offload", 0) - st0["counters"].get(
+        "packet_ins_after_offload", 0
+    )
+    assert packet_ins - late == 1, (packet_ins, late)
     assert delete.inbound_pkts + delete.outbound_pkts > 100
+    assert late <= (delete.inbound_pkts + delete.outbound_pkts) // 4, (late, delete)
     assert st1["counters"]["flows_offloaded"] - st0["counters"]["flows_offloaded"] == 1
     client_sent = (c1["tx_packets"] - c0["tx_packets"], c1["tx_bytes"] - c0["tx_bytes"])
     client_got = (c1["rx_packets"] - c0["rx_packets"], c1["rx_bytes"] - c0["rx_bytes"])
@@ -560,8 +602,10 @@ def test_switch_reconnect_and_daemon_restart_keep_a_live_connection(
         st0 = bed.status()
         sh("ovs-appctl", "bridge/reconnect", BRIDGE)
         wait_for(
-            lambda: (s := bed.status())["counters"]["switch_connects"] == 2
-            and s["counters"].get("audit_kept", 0) == 1,
+            lambda: (
+                (s := bed.status())["counters"]["switch_connects"] == 2
+                and s["counters"].get("audit_kept", 0) == 1
+            ),
             10,
             "the reconnect audit keeping the flow",
             bed.diagnostics,
@@ -645,11 +689,13 @@ def test_refusals_fail_closed_and_keep_existing_flows(make_bed: Callable[[BedSpe
     cs.send_csmb_raw(b"\xff" * 12)
     wait_for(lambda: cs.hellos > hellos, 10, "the DFS reconnecting its CSMB")
     st = wait_for(
-        lambda: (s := bed.status())["ssmb_receiver"].get("dropped", 0) >= 1
-        and s["errors"].get("unsolicited_reply") == 1
-        and s["csmb"]["csmb_bad_stream"] == 1
-        and s["cs_connected"]
-        and s,
+        lambda: (
+            (s := bed.status())["ssmb_receiver"].get("dropped", 0) >= 1
+            and s["errors"].get("unsolicited_reply") == 1
+            and s["csmb"]["csmb_bad_stream"] == 1
+            and s["cs_connected"]
+            and s
+        ),
         10,
         "bad input counted",
     )

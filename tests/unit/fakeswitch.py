@@ -143,6 +143,7 @@ class FakeSwitch:
         self.events: list[Event] = []
         self.stats_replies: list[tuple[Any, list[Entry]]] = []
         self.errors: list[str] = []
+        self.config: list[Any] = []
 
     # -------------------------------------------------------------- messages from the controller
 
@@ -160,6 +161,8 @@ class FakeSwitch:
                 pkt = self._norm(frame_fields(msg.data))
                 pkt["in_port"] = msg.in_port
                 events += self._run_actions(pkt, msg.actions, None)
+            elif isinstance(msg, parser.OFPSetConfig | parser.OFPSetAsync):
+                self.config.append(msg)
             elif isinstance(msg, parser.OFPFlowStatsRequest):
                 chosen = [
                     e for e in self.entries if (e.cookie & msg.cookie_mask) == (msg.cookie & msg.cookie_mask)

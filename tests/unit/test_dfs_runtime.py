@@ -1,0 +1,83 @@
+"""The os-ken shim's runtime: one lock, errors never fatal, each kind of error logged once."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from controller.app import DfsRuntime
+from slbcore.dfs import rules
+from slbcore.dfs.config import parse_config
+from slbcore.dfs.engine import DfsEngine, FlowEntryStats, Output
+from tests.unit.test_dfs_engine import CONFIG
+
+pytestmark = pytest.mark.unit
+
+
+class FakeDatapath:
+    """Enough of an os-ken Datapath to receive messages."""
+
+    ofproto = rules.OF13.ofproto
+    ofproto_parser = rules.OF13.ofproto_parser
+    id = 1
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+        self.xid = 0
+
+    def send_msg(self, msg: Any) -> bool:
+        self.xid += 1
+        msg.xid = self.xid
+        self.sent.append(msg)
+        return True
+
+
+def make() -> tuple[DfsRuntime, list[Any], list[Any]]:
+    ssmb_out: list[Any] = []
+    csmb_out: list[Any] = []
+    rt = DfsRuntime(DfsEngine(parse_config(CONFIG), 1), ssmb_out.append, csmb_out.append, clock=lambda: 1.0)
+    return rt, ssmb_out, csmb_out
+
+
+def test_engine_exception_costs_one_event() -> None:
+    rt, _, _ = make()
+
+    def boom(engine: DfsEngine, now: float) -> Output:
+        raise KeyError("bug")
+
+    rt.run(boom)
+    rt.run(boom)
+    assert rt.counters["engine_exceptions"] == 2
+    rt.run(lambda e, now: e.csmb_connected(now))  # still works afterwards
+    assert rt.engine.csmb_up
+
+
+def test_each_error_kind_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    rt, _, _ = make()
+    caplog.set_level(logging.WARNING, logger="dfs.controller")
+    for _ in range(3):
+        rt.run(lambda e, now: e.packet_in(1, b"\x00" * 5, now))
+    rt.run(lambda e, now: e.packet_in(1, b"\x00" * 12 + b"\x86\xdd" + bytes(40), now))
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("bad_packet.short_ethernet" in m for m in messages) == 1
+    assert sum("bad_packet.unsupported_ethertype" in m for m in messages) == 1
+    assert rt.engine.errors["bad_packet.short_ethernet"] == 3
+
+
+def test_openflow_without_switch_is_counted_and_stats_parts_are_joined() -> None:
+    rt, _, _ = make()
+    rt.run(lambda e, now: e.switch_connected(now))
+    assert rt.counters["openflow_dropped_no_switch"] > 0
+    dp = FakeDatapath()
+    rt.attach(dp)
+    audit = [m for m in dp.sent if isinstance(m, dp.ofproto_parser.OFPFlowStatsRequest)]
+    assert len(audit) == 1
+    entry = FlowEntryStats(rules.make_cookie(rules.KIND_FWD, 9, 5), {}, 1, 1)
+    rt.stats_part(audit[0].xid, [entry], more=True)
+    assert rt.engine.audit_pending
+    rt.stats_part(audit[0].xid, [], more=False)
+    assert not rt.engine.audit_pending
+    rt.stats_part(12345, [], more=False)
+    assert rt.counters["stats_reply_unexpected"] == 1
