@@ -1,12 +1,14 @@
 """Package metadata and console entry points of the split server-load-balancer testbed."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="splitlb-testbed",
     version="0.1.0",
     description="Reference testbed for a split (Control Segment / Data Flow Segment) server load balancer",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",

@@ -24,7 +24,7 @@ class BackendHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: BackendServer
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         """Serve /, /bytes/N and /health."""
         name = self.server.name
         if self.path == "/health":
@@ -58,7 +58,7 @@ class BackendHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         """Requests are not logged: at benchmark rates the log would cost more than the work."""
 
 

@@ -53,17 +53,14 @@ class Daemon:
     def start(self, timeout: float = 20.0) -> None:
         """Start the daemon and wait until its log shows the ready line."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "wb")
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(self.env or {}))
-        try:
+        with open(self.log_path, "wb") as log:  # the child keeps its own copy of the descriptor
             if self.node is not None:
                 self.proc = self.node.popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=env)
             else:
                 self.proc = subprocess.Popen(
                     self.argv, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
                 )
-        finally:
-            log.close()
         if self.on_start is not None:
             self.on_start(self.proc.pid)
         self.wait_ready(timeout)
@@ -89,7 +86,9 @@ class Daemon:
                 )
             time.sleep(0.05)
         self.stop()
-        raise DaemonError(f"{self.name} not ready after {timeout:.0f}s; log {self.log_path}:\n{self.log_text()[-4000:]}")
+        raise DaemonError(
+            f"{self.name} not ready after {timeout:.0f}s; log {self.log_path}:\n{self.log_text()[-4000:]}"
+        )
 
     def running(self) -> bool:
         """Whether the process is still alive."""

@@ -28,7 +28,9 @@ def _fetch(conn: http.client.HTTPConnection, path: str, close: bool) -> tuple[in
     return resp.status, resp.read()
 
 
-def run(url: str, requests: int, mode: str, connections: int, timeout: float, deadline: float) -> dict[str, Any]:
+def run(
+    url: str, requests: int, mode: str, connections: int, timeout: float, deadline: float
+) -> dict[str, Any]:
     """Issue ``requests`` GETs to ``url``; return counts per backend, per status and per failure."""
     parts = urllib.parse.urlsplit(url)
     host, port, path = parts.hostname or "", parts.port or 80, parts.path or "/"
@@ -65,7 +67,9 @@ def run(url: str, requests: int, mode: str, connections: int, timeout: float, de
             finally:
                 conn.close()
     else:
-        per_conn = [requests // connections + (1 if i < requests % connections else 0) for i in range(connections)]
+        per_conn = [
+            requests // connections + (1 if i < requests % connections else 0) for i in range(connections)
+        ]
         for count in per_conn:
             conn = http.client.HTTPConnection(host, port, timeout=timeout)
             try:
@@ -90,7 +94,9 @@ def run(url: str, requests: int, mode: str, connections: int, timeout: float, de
         "body_bytes": received,
         "seconds": round(time.monotonic() - started, 3),
         "p50_ms": round(latencies[len(latencies) // 2] * 1000, 2) if latencies else None,
-        "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 2) if latencies else None,
+        "p99_ms": round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 2)
+        if latencies
+        else None,
     }
 
 
@@ -99,11 +105,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="HTTP load for the testbed, with a JSON summary")
     ap.add_argument("url")
     ap.add_argument("--requests", type=int, default=10)
-    ap.add_argument("--mode", choices=["close", "keepalive"], default="close",
-                    help="close: a new TCP connection per request; keepalive: reuse connections")
-    ap.add_argument("--connections", type=int, default=1, help="keep-alive connections to spread requests over")
+    ap.add_argument(
+        "--mode",
+        choices=["close", "keepalive"],
+        default="close",
+        help="close: a new TCP connection per request; keepalive: reuse connections",
+    )
+    ap.add_argument(
+        "--connections", type=int, default=1, help="keep-alive connections to spread requests over"
+    )
     ap.add_argument("--timeout", type=float, default=3.0, help="per-request timeout, seconds")
-    ap.add_argument("--deadline", type=float, default=60.0, help="stop issuing requests after this many seconds")
+    ap.add_argument(
+        "--deadline", type=float, default=60.0, help="stop issuing requests after this many seconds"
+    )
     args = ap.parse_args(argv)
     if args.requests < 1 or args.connections < 1:
         ap.error("--requests and --connections must be at least 1")

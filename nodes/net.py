@@ -18,10 +18,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import sys
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,7 @@ class OffloadFreeHost(Host):
 class UserSwitch(OVSSwitch):
     """An Open vSwitch bridge on the userspace datapath, speaking OpenFlow 1.3."""
 
-    def __init__(self, name: str, failMode: str = "standalone", **params: Any) -> None:  # noqa: N803
+    def __init__(self, name: str, failMode: str = "standalone", **params: Any) -> None:
         params.setdefault("protocols", "OpenFlow13")
         super().__init__(name, failMode=failMode, datapath="user", **params)
 
@@ -132,9 +132,14 @@ class Testbed:
                 if time.monotonic() > deadline:
                     os.close(self._lock_fd)
                     self._lock_fd = -1
-                    raise RuntimeError(f"another testbed has held {STATE_DIR}/testbed.lock for {LOCK_WAIT:.0f}s") from None
+                    raise RuntimeError(
+                        f"another testbed has held {STATE_DIR}/testbed.lock for {LOCK_WAIT:.0f}s"
+                    ) from None
                 if not told:
-                    print("*** another testbed is running on this machine; waiting for it to finish", file=sys.stderr)
+                    print(
+                        "*** another testbed is running on this machine; waiting for it to finish",
+                        file=sys.stderr,
+                    )
                     told = True
                 time.sleep(0.2)
 

@@ -63,13 +63,24 @@ class SlbNode(OffloadFreeHost):
         self.run_dir: Path | None = None
 
     def start_daemon(
-        self, label: str, argv: list[str], run_dir: Path, remember: Any = None, timeout: float = 20.0,
+        self,
+        label: str,
+        argv: list[str],
+        run_dir: Path,
+        remember: Any = None,
+        timeout: float = 20.0,
         ready_pattern: str = r"^.*READY\b",
     ) -> Daemon:
         """Start ``argv`` in this node's namespace and wait for its ready line."""
         self.run_dir = run_dir
-        d = Daemon(f"{self.name}/{label}", argv, run_dir / f"{self.name}-{label}.log", ready_pattern, node=self,
-                   on_start=remember)
+        d = Daemon(
+            f"{self.name}/{label}",
+            argv,
+            run_dir / f"{self.name}-{label}.log",
+            ready_pattern,
+            node=self,
+            on_start=remember,
+        )
         self.daemons.append(d)
         d.start(timeout=timeout)
         return d
@@ -107,7 +118,17 @@ class BackendNode(SlbNode):
         self.port = port
         self.fail_flag = run_dir / f"{self.name}.fail"
         self.fail_flag.unlink(missing_ok=True)
-        argv = [PY, "-m", "nodes.backend", "--name", self.name, "--port", str(port), "--fail-flag", str(self.fail_flag)]
+        argv = [
+            PY,
+            "-m",
+            "nodes.backend",
+            "--name",
+            self.name,
+            "--port",
+            str(port),
+            "--fail-flag",
+            str(self.fail_flag),
+        ]
         return self.start_daemon("http", argv, run_dir, remember)
 
     def set_healthy(self, healthy: bool) -> None:
@@ -128,11 +149,16 @@ class CSNode(SlbNode):
         self.status_port = int(config.get("cs", {}).get("status_port", 7780))
         self.config_path = run_dir / f"{self.name}.toml"
         self.config_path.write_text(dumps(config))
-        check = subprocess.run([PY, "-m", "nodes.csd", "--check", "--config", str(self.config_path)],
-                               capture_output=True, text=True)
+        check = subprocess.run(
+            [PY, "-m", "nodes.csd", "--check", "--config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+        )
         if check.returncode != 0:
             raise DaemonError(f"{self.name}: configuration refused:\n{check.stdout}{check.stderr}")
-        return self.start_daemon("csd", [PY, "-m", "nodes.csd", "--config", str(self.config_path)], run_dir, remember)
+        return self.start_daemon(
+            "csd", [PY, "-m", "nodes.csd", "--config", str(self.config_path)], run_dir, remember
+        )
 
     def rewrite_config(self, config: dict[str, Any]) -> None:
         """Replace the config file (call :meth:`reload` to apply it)."""
@@ -148,7 +174,9 @@ class CSNode(SlbNode):
 
     def cli(self, *args: str) -> str:
         """Run the ``cs`` CLI in this node's namespace and return its output."""
-        return self.cmd(shlex.join([PY, "-m", "nodes.cscli", "--url", f"http://127.0.0.1:{self.status_port}", *args]))
+        return self.cmd(
+            shlex.join([PY, "-m", "nodes.cscli", "--url", f"http://127.0.0.1:{self.status_port}", *args])
+        )
 
 
 class DFSNode(SlbNode):
@@ -162,24 +190,36 @@ class DFSNode(SlbNode):
         self.switch_name = config["dfs"]["switch"]
         self.config_path = run_dir / f"{self.name}.toml"
         self.config_path.write_text(dumps(config))
-        check = subprocess.run([PY, "-m", "nodes.dfsd", "--check", str(self.config_path)], capture_output=True, text=True)
+        check = subprocess.run(
+            [PY, "-m", "nodes.dfsd", "--check", str(self.config_path)], capture_output=True, text=True
+        )
         if check.returncode != 0:
             raise DaemonError(f"{self.name}: configuration refused:\n{check.stdout}{check.stderr}")
         d = self.start_daemon("dfsd", [PY, "-m", "nodes.dfsd", str(self.config_path)], run_dir, remember)
         # OVS reaches a controller in another namespace only through a unix socket; the daemon
         # listens on it and relays to its own 127.0.0.1 OpenFlow port.
         self.controller_target = f"unix:{config['openflow']['unix_socket']}"
-        subprocess.run(["ovs-vsctl", "--timeout=5", "set-controller", self.switch_name, self.controller_target],
-                       check=True)
+        subprocess.run(
+            ["ovs-vsctl", "--timeout=5", "set-controller", self.switch_name, self.controller_target],
+            check=True,
+        )
         self.wait_switch_connected()
         return d
 
     def switch_connected(self) -> bool:
         """Whether the DFS switch reports its controller connection up."""
         out = subprocess.run(
-            ["ovs-vsctl", "--timeout=5", "--bare", "--columns=is_connected", "find", "controller",
-             f"target={json.dumps(self.controller_target)}"],
-            capture_output=True, text=True,
+            [
+                "ovs-vsctl",
+                "--timeout=5",
+                "--bare",
+                "--columns=is_connected",
+                "find",
+                "controller",
+                f"target={json.dumps(self.controller_target)}",
+            ],
+            capture_output=True,
+            text=True,
         ).stdout
         return "true" in out.split()
 
@@ -190,7 +230,9 @@ class DFSNode(SlbNode):
             if self.switch_connected():
                 return
             time.sleep(0.1)
-        raise DaemonError(f"{self.name}: switch {self.switch_name} never connected to the DFS\n{self.log_text()[-3000:]}")
+        raise DaemonError(
+            f"{self.name}: switch {self.switch_name} never connected to the DFS\n{self.log_text()[-3000:]}"
+        )
 
     def status(self, path: str = "/status") -> Any:
         """The DFS's JSON status (``/status``, ``/flows``)."""
@@ -198,8 +240,9 @@ class DFSNode(SlbNode):
 
     def dump_flows(self) -> str:
         """The switch's OpenFlow table, as ovs-ofctl shows it."""
-        return subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", self.switch_name],
-                              capture_output=True, text=True).stdout
+        return subprocess.run(
+            ["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", self.switch_name], capture_output=True, text=True
+        ).stdout
 
 
 class ClientNode(SlbNode):
@@ -229,7 +272,7 @@ class ClientNode(SlbNode):
         self.cmd(f"printf %s {shlex.quote(rules)} | nft -f -")
 
     def counted(self) -> dict[str, tuple[int, int]]:
-        """(packets, IP bytes) sent to and received from the counted peer: ``{"sent": .., "received": ..}``."""
+        """(packets, IP bytes) exchanged with the counted peer: ``{"sent": .., "received": ..}``."""
         doc = json.loads(self.cmd("nft -j list table ip slbcount"))
         found: dict[str, tuple[int, int]] = {}
         for item in doc["nftables"]:

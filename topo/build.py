@@ -38,7 +38,9 @@ class SpecTopo(Topo):
             host(cs.name, "cs", ip=None, role="cs")
             self.addLink(cs.name, mgmt, params1={"ip": f"{cs.mgmt_ipaddr}/{mgmt_len}"})
             for seg, ip in cs.data:
-                self.addLink(cs.name, seg_switch[seg], params1={"ip": f"{ip}/{spec.segment(seg).subnet.prefixlen}"})
+                self.addLink(
+                    cs.name, seg_switch[seg], params1={"ip": f"{ip}/{spec.segment(seg).subnet.prefixlen}"}
+                )
 
         for dfs in spec.dfs:
             host(dfs.name, "dfs", ip=f"{dfs.mgmt_ipaddr}/{mgmt_len}", role="dfs", dfs=dfs)

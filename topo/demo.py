@@ -19,7 +19,6 @@ import json
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from topo.lab import Lab, wait_for
@@ -78,8 +77,17 @@ def drive(lab: Lab, requests: int) -> dict[str, Any]:
             per_vip["by_backend"].update(summary["by_backend"])
             per_vip["ok"] += summary["ok"]
             per_vip["failed"] += summary["requests"] - summary["ok"]
-            per_vip["runs"].append({"client": c2.name, "tool": "python", "mode": mode, "requests": requests,
-                                    "connections": conns, "p50_ms": summary["p50_ms"], "p99_ms": summary["p99_ms"]})
+            per_vip["runs"].append(
+                {
+                    "client": c2.name,
+                    "tool": "python",
+                    "mode": mode,
+                    "requests": requests,
+                    "connections": conns,
+                    "p50_ms": summary["p50_ms"],
+                    "p99_ms": summary["p99_ms"],
+                }
+            )
         per_vip["wire"] = {c.name: c.counted() for c in {c1.name: c1, c2.name: c2}.values()}
         results[name] = per_vip
     return results
@@ -99,13 +107,15 @@ def report(lab: Lab, results: dict[str, Any], flow_tables: dict[str, str], start
     cs_status = lab.cs.status()
     cs_counters = counter(cs_status, "counters", default={})
     heading("Control Segment: one decision per flow")
-    rows = [[
-        cs_counters.get("rx_query", 0),
-        cs_counters.get("reply_ok", 0),
-        sum(v for k, v in cs_counters.items() if k.startswith("reply_") and k != "reply_ok"),
-        cs_counters.get("rx_delete", 0),
-        counter(cs_status, "flows", "active"),
-    ]]
+    rows = [
+        [
+            cs_counters.get("rx_query", 0),
+            cs_counters.get("reply_ok", 0),
+            sum(v for k, v in cs_counters.items() if k.startswith("reply_") and k != "reply_ok"),
+            cs_counters.get("rx_delete", 0),
+            counter(cs_status, "flows", "active"),
+        ]
+    ]
     table(rows, ["QUERY received", "REPLY ok", "REPLY refused", "DELETE received", "flows active now"])
     for dfs in lab.dfs_nodes:
         st = dfs.status()
@@ -113,11 +123,31 @@ def report(lab: Lab, results: dict[str, Any], flow_tables: dict[str, str], start
         heading(f"Data Flow Segment {dfs.name}: the switch forwards, the DFS sees first packets only")
         flows = c.get("flows_offloaded", 0)
         per_flow = f"{c.get('packet_ins', 0) / flows:.2f}" if flows else "-"
-        table([[c.get("queries_sent", 0), c.get("query_retransmits", 0), flows, c.get("held_packets", 0),
-                c.get("packet_ins", 0), per_flow, c.get("flows_ended", 0)]],
-              ["QUERY sent", "retransmits", "flows offloaded", "packets held", "packet-ins", "per flow",
-               "DELETE sent"])
-        print("  (packet-ins include ARP; every other packet of every flow was forwarded by Open vSwitch alone)")
+        table(
+            [
+                [
+                    c.get("queries_sent", 0),
+                    c.get("query_retransmits", 0),
+                    flows,
+                    c.get("held_packets", 0),
+                    c.get("packet_ins", 0),
+                    per_flow,
+                    c.get("flows_ended", 0),
+                ]
+            ],
+            [
+                "QUERY sent",
+                "retransmits",
+                "flows offloaded",
+                "packets held",
+                "packet-ins",
+                "per flow",
+                "DELETE sent",
+            ],
+        )
+        print(
+            "  (packet-ins include ARP; every other packet of every flow was forwarded by Open vSwitch alone)"
+        )
 
     heading("DELETE counters (switch) against what the clients counted on the wire")
     rows = []
@@ -127,9 +157,15 @@ def report(lab: Lab, results: dict[str, Any], flow_tables: dict[str, str], start
         sent_b = sum(w.get("sent", (0, 0))[1] for w in r["wire"].values())
         recv_b = sum(w.get("received", (0, 0))[1] for w in r["wire"].values())
         vs = next((v for v in counter(cs_status, "virtual_servers", default=[]) if v.get("name") == name), {})
-        rows.append([name, f"{sent} pkts / {sent_b} B", f"{recv} pkts / {recv_b} B",
-                     f"{vs.get('inbound_pkts', '?')} pkts / {vs.get('inbound_bytes', '?')} B",
-                     f"{vs.get('outbound_pkts', '?')} pkts / {vs.get('outbound_bytes', '?')} B"])
+        rows.append(
+            [
+                name,
+                f"{sent} pkts / {sent_b} B",
+                f"{recv} pkts / {recv_b} B",
+                f"{vs.get('inbound_pkts', '?')} pkts / {vs.get('inbound_bytes', '?')} B",
+                f"{vs.get('outbound_pkts', '?')} pkts / {vs.get('outbound_bytes', '?')} B",
+            ]
+        )
     table(rows, ["VIP", "clients sent (IP)", "clients received (IP)", "DELETE inbound", "DELETE outbound"])
     print("  (the switch counts Ethernet frames: its bytes = IP bytes + 14 per packet)")
 
@@ -148,7 +184,9 @@ def report(lab: Lab, results: dict[str, Any], flow_tables: dict[str, str], start
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; exit 0 when every request succeeded and nothing went wrong."""
     ap = argparse.ArgumentParser(description="The testbed demo: real HTTP through the VIPs, then a report")
-    ap.add_argument("config", nargs="?", default=str(DEFAULT), help="testbed file (default: the default testbed)")
+    ap.add_argument(
+        "config", nargs="?", default=str(DEFAULT), help="testbed file (default: the default testbed)"
+    )
     ap.add_argument("--requests", type=int, default=20, help="requests per client and mode (default 20)")
     args = ap.parse_args(argv)
     try:

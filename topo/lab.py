@@ -139,7 +139,11 @@ class Lab:
     # -- checks -------------------------------------------------------------------------------------
     def daemon_nodes(self) -> list[SlbNode]:
         """Every node that runs a daemon of ours."""
-        names = [c.name for c in self.spec.cs] + [d.name for d in self.spec.dfs] + [b.name for b in self.spec.backends]
+        names = (
+            [c.name for c in self.spec.cs]
+            + [d.name for d in self.spec.dfs]
+            + [b.name for b in self.spec.backends]
+        )
         return [self.net[n] for n in names]
 
     def logs(self) -> str:

@@ -27,7 +27,11 @@ def http_vips(lab: Lab) -> list[tuple[str, str, int]]:
     out = []
     for vs in lab.spec.virtual_servers:
         flags = vs.get("flags", [])
-        if vs.get("protocol", "tcp") == "tcp" and "wildcard_addr" not in flags and "wildcard_port" not in flags:
+        if (
+            vs.get("protocol", "tcp") == "tcp"
+            and "wildcard_addr" not in flags
+            and "wildcard_port" not in flags
+        ):
             out.append((vs["name"], vs["vip"], int(vs["port"])))
     return out
 
@@ -69,7 +73,9 @@ def make_cli(lab: Lab) -> Any:
 
         def do_stats(self, _line: str) -> None:
             """stats: CS and DFS counters."""
-            print(json.dumps({"cs": lab.cs.status(), **{d.name: d.status() for d in lab.dfs_nodes}}, indent=2))
+            print(
+                json.dumps({"cs": lab.cs.status(), **{d.name: d.status() for d in lab.dfs_nodes}}, indent=2)
+            )
 
     return SlbCLI
 
@@ -77,8 +83,12 @@ def make_cli(lab: Lab) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, bring the testbed up, run the CLI or the smoke scenario, tear down."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("config", nargs="?", default=str(DEFAULT), help="testbed TOML file (default: the default testbed)")
-    ap.add_argument("--cli", action="store_true", help="open the Mininet CLI instead of running the smoke scenario")
+    ap.add_argument(
+        "config", nargs="?", default=str(DEFAULT), help="testbed TOML file (default: the default testbed)"
+    )
+    ap.add_argument(
+        "--cli", action="store_true", help="open the Mininet CLI instead of running the smoke scenario"
+    )
     ap.add_argument("--check", action="store_true", help="only check the testbed file and print the topology")
     ap.add_argument("--log-dir", type=Path, help="keep daemon configs and logs here (default: a temp dir)")
     args = ap.parse_args(argv)

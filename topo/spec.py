@@ -139,7 +139,12 @@ class Spec:
         ssmb_port = int(self.cs_settings.get("ssmb_port", 7700))
         csmb_port = int(self.cs_settings.get("csmb_port", 7701))
         doc: dict[str, Any] = {
-            "dfs": {"name": dfs.name, "switch": dfs.switch, "mgmt_ipaddr": dfs.mgmt_ipaddr, "ssmb_port": 7700},
+            "dfs": {
+                "name": dfs.name,
+                "switch": dfs.switch,
+                "mgmt_ipaddr": dfs.mgmt_ipaddr,
+                "ssmb_port": 7700,
+            },
             "cs": {"ipaddr": primary.mgmt_ipaddr, "csmb_port": csmb_port, "ssmb_port": ssmb_port},
             "openflow": {"listen_port": 6653, "unix_socket": f"/var/run/openvswitch/{dfs.name}.sock"},
             "status": {"port": 7790},
@@ -186,13 +191,16 @@ class _Reader:
     def keys(self, table: dict[str, Any], allowed: set[str], path: str) -> None:
         unknown = sorted(set(table) - allowed)
         if unknown:
-            raise self.fail(path, f"unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+            raise self.fail(
+                path, f"unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})"
+            )
 
     def name(self, table: dict[str, Any], path: str, seen: set[str]) -> str:
         value = table.get("name")
         if not isinstance(value, str) or not NAME_RE.match(value):
             raise self.fail(
-                f"{path}.name", f"expected 1-8 lower-case letters/digits starting with a letter, got {value!r}"
+                f"{path}.name",
+                f"expected 1-8 lower-case letters/digits starting with a letter, got {value!r}",
             )
         if value in seen:
             raise self.fail(f"{path}.name", f"the name {value!r} is used twice")
@@ -232,7 +240,11 @@ def load_spec(path: str | Path) -> Spec:
 def parse_spec(doc: dict[str, Any], source: str = "<testbed>") -> Spec:
     """Check a parsed testbed document and build the :class:`Spec`."""
     r = _Reader(source)
-    r.keys(doc, {"testbed", "segment", "cs", "dfs", "backend", "client", "router", "cs_settings", "virtual_server"}, "top level")
+    r.keys(
+        doc,
+        {"testbed", "segment", "cs", "dfs", "backend", "client", "router", "cs_settings", "virtual_server"},
+        "top level",
+    )
     tb = r.table(doc.get("testbed", {}), "testbed")
     r.keys(tb, {"name", "description", "mgmt_subnet"}, "testbed")
     mgmt = r.network(tb.get("mgmt_subnet", "10.255.0.0/24"), "testbed.mgmt_subnet")
@@ -308,7 +320,9 @@ def parse_spec(doc: dict[str, Any], source: str = "<testbed>") -> Spec:
         for j, rt in enumerate(r.tables(raw, "routes")):
             rpath = f"{path}.routes[{j}]"
             r.keys(rt, {"prefix", "via"}, rpath)
-            routes.append((str(r.network(rt.get("prefix"), f"{rpath}.prefix")), r.ipv4(rt.get("via"), f"{rpath}.via")))
+            routes.append(
+                (str(r.network(rt.get("prefix"), f"{rpath}.prefix")), r.ipv4(rt.get("via"), f"{rpath}.via"))
+            )
         dfs_nodes.append(
             DfsNode(
                 name,

@@ -17,11 +17,19 @@ def test_second_bootstrap_run_changes_nothing() -> None:
     venv_python = ROOT / ".venv" / "bin" / "python"
     before = venv_python.stat().st_mtime if venv_python.exists() else None
     out = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "bootstrap.sh")], capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL
+        ["bash", str(ROOT / "scripts" / "bootstrap.sh")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
     )
     assert out.returncode == 0, out.stderr
     second = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "bootstrap.sh")], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+        ["bash", str(ROOT / "scripts" / "bootstrap.sh")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
     )
     assert second.returncode == 0, second.stderr
     assert "Debian packages: all present" in second.stdout
@@ -35,8 +43,18 @@ def test_second_bootstrap_run_changes_nothing() -> None:
 def test_bootstrap_refuses_non_root_with_a_clear_message() -> None:
     """Run as an unprivileged user, the bootstrap stops at once and says why."""
     out = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "bash", str(ROOT / "scripts" / "bootstrap.sh")],
-        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL,
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "bash",
+            str(ROOT / "scripts" / "bootstrap.sh"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
     )
     assert out.returncode != 0
     assert "must run as root" in out.stderr

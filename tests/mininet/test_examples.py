@@ -26,8 +26,14 @@ def test_demo_serves_every_request_and_reports(no_leftovers: None) -> None:
     out = run(["-m", "topo.demo", "--requests", "6"])
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-5000:]
     text = out.stdout
-    for section in ("Requests per backend", "Control Segment", "Data Flow Segment", "DELETE counters",
-                    "OpenFlow table", "Try next"):
+    for section in (
+        "Requests per backend",
+        "Control Segment",
+        "Data Flow Segment",
+        "DELETE counters",
+        "OpenFlow table",
+        "Try next",
+    ):
         assert section in text, f"missing {section!r}:\n{text[-3000:]}"
     served = re.search(r"^\s+web\s+(\d+)\s+0\s+(.*)$", text, re.M)
     assert served and int(served.group(1)) == 18, text[-3000:]
@@ -57,7 +63,9 @@ def test_multi_vip_testbed_smoke(no_leftovers: None) -> None:
 def test_bad_testbed_file_is_refused_before_anything_starts(tmp_path: Path) -> None:
     """A broken testbed file: exit 2 with the key named, no traceback, no network built."""
     bad = tmp_path / "bad.toml"
-    bad.write_text((ROOT / "topo/configs/default.toml").read_text().replace('subnet = "10.0.1.0/24"', 'subnet = "x"'))
+    bad.write_text(
+        (ROOT / "topo/configs/default.toml").read_text().replace('subnet = "10.0.1.0/24"', 'subnet = "x"')
+    )
     out = run(["-m", "topo.run", str(bad)], timeout=30)
     assert out.returncode == 2
     assert "segment[1].subnet" in out.stderr and "Traceback" not in out.stderr

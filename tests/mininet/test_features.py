@@ -79,13 +79,16 @@ def long_download(lab: Lab, url: str, client: int = 1, seconds: float = 20.0) ->
     node = lab.client(client)
     size = int(seconds * 20_000)
     headers = lab.run_dir / f"long-{time.monotonic_ns()}.hdr"
-    cmd = f"curl -s --limit-rate 20k --max-time {seconds + 5:g} -o /dev/null -D {headers} {shlex.quote(url)}bytes/{size}"
+    target = shlex.quote(f"{url}bytes/{size}")
+    cmd = f"curl -s --limit-rate 20k --max-time {seconds + 5:g} -o /dev/null -D {headers} {target}"
     proc = node.popen(cmd, shell=True)
     info: dict[str, Any] = {"proc": proc, "headers": headers}
     try:
         wait_for(f"the download from {url} to start", lambda: "X-Backend" in _read(headers), timeout=5)
         info["backend"] = next(
-            line.split(":", 1)[1].strip() for line in _read(headers).splitlines() if line.startswith("X-Backend")
+            line.split(":", 1)[1].strip()
+            for line in _read(headers).splitlines()
+            if line.startswith("X-Backend")
         )
         yield info
     finally:
@@ -119,7 +122,7 @@ def test_weighted_round_robin_with_port_translation(lab: Lab) -> None:
 
 
 def test_least_connections_avoids_the_busy_server(lab: Lab) -> None:
-    """With one long connection on a server, every new flow goes to the other (round robin would alternate)."""
+    """One long connection on a server: every new flow goes to the other (round robin would alternate)."""
     wait_idle(lab, "lc")
     with long_download(lab, "http://10.0.0.101/") as busy:
         other = {"web1", "web2"} - {busy["backend"]}
@@ -160,7 +163,10 @@ def test_connection_limit_refuses_with_connlimit(lab: Lab) -> None:
     """Two connections fill the VS's limit of two; a third is refused at once and counted."""
     wait_idle(lab, "limited")
     before = vs_row(lab, "limited")["errors"].get("connlimit", 0)
-    with long_download(lab, "http://10.0.0.105/", client=1), long_download(lab, "http://10.0.0.105/", client=1):
+    with (
+        long_download(lab, "http://10.0.0.105/", client=1),
+        long_download(lab, "http://10.0.0.105/", client=1),
+    ):
         wait_for("two active flows", lambda: vs_row(lab, "limited")["active"] == 2, timeout=5)
         refused_quickly(lab, "http://10.0.0.105/")
     assert vs_row(lab, "limited")["errors"].get("connlimit", 0) == before + 1
@@ -258,7 +264,11 @@ def test_dfs_assist_needs_no_query_and_the_cs_still_learns_the_flows(lab: Lab) -
     assert summary["ok"] == 24, summary
     assert len(summary["by_backend"]) >= 2, summary
     assert cs_counter(lab, "rx_query") == queries
-    wait_for("the CS to learn of the DFS_ASSIST flows", lambda: vs_row(lab, "dfsa")["total"] >= ended + 24, timeout=15)
+    wait_for(
+        "the CS to learn of the DFS_ASSIST flows",
+        lambda: vs_row(lab, "dfsa")["total"] >= ended + 24,
+        timeout=15,
+    )
 
 
 # ---------------------------------------------------------------------------------------- flow end

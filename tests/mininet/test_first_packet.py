@@ -45,7 +45,9 @@ def test_http_get_through_userspace_switch(tmp_path: Path, no_leftovers: None) -
         try:
             out = h1.cmd("curl -sS --max-time 5 http://10.0.0.2/")
             assert out.strip() == "h2", out
-            big = h1.cmd("curl -sS --max-time 10 -o /dev/null -w '%{size_download}' http://10.0.0.2/bytes/2000000")
+            big = h1.cmd(
+                "curl -sS --max-time 10 -o /dev/null -w '%{size_download}' http://10.0.0.2/bytes/2000000"
+            )
             assert big.strip() == "2000000", big
         finally:
             server.stop()

@@ -30,7 +30,18 @@ def dfs_vs_count(lab: Lab) -> int:
 def test_reload_adds_and_removes_a_vip_while_traffic_runs(lab: Lab) -> None:
     """A reload adds VIP .120 (it serves at once), another removes it; traffic on .100 never fails."""
     background = lab.client(1).popen(
-        [PY, "-m", "nodes.httpclient", "http://10.0.0.100/", "--requests", "150", "--mode", "close", "--deadline", "60"],
+        [
+            PY,
+            "-m",
+            "nodes.httpclient",
+            "http://10.0.0.100/",
+            "--requests",
+            "150",
+            "--mode",
+            "close",
+            "--deadline",
+            "60",
+        ],
         stdout=-1,
     )
     base = lab.spec.cs_config(lab.spec.cs[0])
@@ -79,7 +90,9 @@ def test_cs_restart_resets_the_dfs_and_service_resumes(lab: Lab) -> None:
         cs.stop_daemons()
         cs.daemons.clear()
         cs.start_cs(lab.spec.cs_config(lab.spec.cs[0]), lab.run_dir, lab.testbed.remember_pid)
-        wait_for("the DFS to be reset", lambda: lab.dfs.status()["counters"].get("flow_resets", 0) > resets, 15)
+        wait_for(
+            "the DFS to be reset", lambda: lab.dfs.status()["counters"].get("flow_resets", 0) > resets, 15
+        )
         wait_for("the DFS to drop its flows", lambda: lab.dfs.status()["flows_active"] == 0, timeout=10)
         lab.wait_ready()
         assert lab.client(0).http_get("http://10.0.0.100/")[0] == 200

@@ -39,13 +39,21 @@ def test_default_testbed_wiring() -> None:
     """The default testbed: DFS ports in segment order, gateways owned by the DFS, mgmt addresses apart."""
     spec = load_spec(TESTBEDS[[p.name for p in TESTBEDS].index("default.toml")])
     dfs = spec.dfs[0]
-    assert [(p.port, p.segment, p.ipaddr) for p in dfs.ports] == [(1, "clients", "10.0.0.1"), (2, "servers", "10.0.1.1")]
+    assert [(p.port, p.segment, p.ipaddr) for p in dfs.ports] == [
+        (1, "clients", "10.0.0.1"),
+        (2, "servers", "10.0.1.1"),
+    ]
     assert all(b.gateway == "10.0.1.1" for b in spec.backends)
     assert all(c.gateway == "10.0.0.1" for c in spec.clients)
     assert spec.cs[0].mgmt_ipaddr != dfs.mgmt_ipaddr
     cfg = spec.dfs_config(dfs)
     assert cfg["cs"]["ipaddr"] == spec.cs[0].mgmt_ipaddr
-    assert cfg["interface"][0] == {"port": 1, "ipaddr": "10.0.0.1/24", "mac": dfs.ports[0].mac, "name": "clients"}
+    assert cfg["interface"][0] == {
+        "port": 1,
+        "ipaddr": "10.0.0.1/24",
+        "mac": dfs.ports[0].mac,
+        "name": "clients",
+    }
     links = {(a, b) for a, b in SpecTopo(spec=spec).links()}
     assert ("dfs1sw", "clients") in links or ("clients", "dfs1sw") in links
 
@@ -66,7 +74,11 @@ def mutate(path: list[Any], value: Any) -> dict[str, Any]:
     ("path", "value", "expected"),
     [
         (["segment", 0, "subnet"], "10.0.0.0/33", "segment[0].subnet: not an IPv4 network"),
-        (["segment", 1, "subnet"], "10.0.0.0/16", "segment[1].subnet: 10.0.0.0/16 overlaps segment 'clients'"),
+        (
+            ["segment", 1, "subnet"],
+            "10.0.0.0/16",
+            "segment[1].subnet: 10.0.0.0/16 overlaps segment 'clients'",
+        ),
         (["backend", 0, "ipaddr"], "10.0.0.50", "backend[0].ipaddr: 10.0.0.50 is not in segment 'servers'"),
         (["backend", 1, "ipaddr"], "10.0.1.11", "backend[1].ipaddr: address 10.0.1.11 is already used"),
         (["backend", 0, "segment"], "nowhere", "backend[0].segment: no segment named 'nowhere'"),
@@ -76,7 +88,11 @@ def mutate(path: list[Any], value: Any) -> dict[str, Any]:
         (["dfs", 0, "interfaces"], [], "dfs[0].interfaces: expected a non-empty array"),
         (["dfs", 0, "colour"], "red", "dfs[0]: unknown key(s) colour"),
         (["virtual_server"], KeyError, "virtual_server: at least one [[virtual_server]] is required"),
-        (["testbed", "mgmt_subnet"], "10.0.1.0/24", "segment[1].subnet: 10.0.1.0/24 overlaps the management subnet"),
+        (
+            ["testbed", "mgmt_subnet"],
+            "10.0.1.0/24",
+            "segment[1].subnet: 10.0.1.0/24 overlaps the management subnet",
+        ),
     ],
 )
 def test_bad_testbed_names_file_key_and_problem(path: list[Any], value: Any, expected: str) -> None:
@@ -99,8 +115,10 @@ def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
 
 def test_toml_writer_quotes_and_nests() -> None:
     """The writer escapes strings and keeps arrays of tables nested under their parent."""
-    doc = {"a": {"s": 'x"y\\z', "n": 1, "f": 0.5, "b": True, "l": ["p", "q"]},
-           "t": [{"name": "v", "sub": [{"k": 1}, {"k": 2}], "inline": {"x": 1}}]}
+    doc = {
+        "a": {"s": 'x"y\\z', "n": 1, "f": 0.5, "b": True, "l": ["p", "q"]},
+        "t": [{"name": "v", "sub": [{"k": 1}, {"k": 2}], "inline": {"x": 1}}],
+    }
     assert tomllib.loads(dumps(doc)) == doc
     with pytest.raises(ValueError):
         dumps({"x": float("nan")})
