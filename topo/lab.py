@@ -11,7 +11,9 @@ switch); :meth:`Lab.wait_ready` then waits until every DFS has its virtual serve
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -57,6 +59,10 @@ class Lab:
         classes = {**NODE_CLASSES, "switch": UserSwitch, "dfs_switch": DFSSwitch}
         self.testbed = Testbed(SpecTopo(spec=spec, node_classes=classes))
         self.net: Any = None
+        # Node shells inherit PATH: put the venv's console scripts (cs, dfs, slb-decode) on it.
+        venv_bin = str(Path(sys.executable).parent)
+        if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
 
     # -- nodes ------------------------------------------------------------------------------------
     def node(self, name: str) -> Any:

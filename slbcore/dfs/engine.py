@@ -388,6 +388,8 @@ class DfsEngine:
         if own is not None:
             return self._local(in_port, frame)
         if ip.proto not in (IPPROTO_TCP, IPPROTO_UDP):
+            if self._is_vip(ip.dst):
+                return self._local(in_port, frame)
             return self._forward(in_port, frame, data, now)
         ft = FiveTuple(ip.proto, ip.src, ip.dst, ip.sport, ip.dport)
         fid = self.flows_by_ft.get(ft)
@@ -399,6 +401,11 @@ class DfsEngine:
             return Output()
         st = self._find_vs(ft)
         if st is None:
+            if self._is_vip(ip.dst):
+                # The VIP is this load balancer's address: a port nobody serves is closed, and
+                # the client hears so at once (RST / port unreachable), as from any host.
+                self.counters["vip_port_closed"] += 1
+                return self._reject(in_port, frame, SsmbError.UNKNOWN)
             return self._forward(in_port, frame, data, now)
         intf = self.cfg.interface_for_port(in_port)
         if intf is None:
@@ -523,8 +530,14 @@ class DfsEngine:
 
     # ------------------------------------------------------------------ router
 
+    def _is_vip(self, ipaddr: str) -> bool:
+        return any(
+            st.vs.virt_ipaddr == ipaddr and not st.flags & VsFlag.WILDCARD_ADDR
+            for st in self.vservers.values()
+        )
+
     def _local(self, in_port: int, frame: Frame) -> Output:
-        """IP addressed to the DFS itself: answer ping, ignore the rest."""
+        """IP addressed to the DFS itself or a VIP: answer ping, ignore the rest."""
         ip = frame.ip
         intf = self.cfg.interface_for_port(in_port)
         assert ip is not None

@@ -337,3 +337,16 @@ def test_unparseable_packets_of_every_kind_are_counted() -> None:
     for code in bad_frames:
         assert rig.engine.errors[f"bad_packet.{code}"] >= 1, code
     assert rig.engine.counters["packet_ins"] == len(bad_frames)
+
+
+def test_vip_on_a_port_no_vs_serves_is_closed_and_answers_ping() -> None:
+    rig = make_rig()
+    neighbours(rig)
+    add_vs(rig, VsFlag.TRANSLATE_ADDR)
+    (rst,) = rig.send(1, client_tcp(TCP_SYN, dport=8081))
+    assert rst.port == 1 and rst.packet["tcp_flags"] & 0x04 and rst.packet["ipv4_src"] == VIP
+    (reply,) = rig.send(1, ping(VIP))
+    frame = parse_frame(reply.packet["_data"])
+    assert frame.ip is not None and (frame.ip.src, frame.ip.payload[0]) == (VIP, 0)
+    assert rig.engine.counters["vip_port_closed"] == 1 and rig.take_ssmb() == []
+    assert not rig.engine.routed  # a VIP is never routed
