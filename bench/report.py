@@ -204,7 +204,7 @@ def plot_ratios(doc: dict[str, Any], path: Path) -> bool:
     ax.set_xticks(range(len(names)), [LABELS.get(n, n) for n in names], rotation=12, fontsize=8)
     ax.set_ylabel("ratio to the ceiling (same run)")
     ax.set_title("Throughput relative to the ceiling")
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=5)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
