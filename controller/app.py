@@ -33,10 +33,12 @@ class DfsRuntime:
         send_ssmb: Callable[[SsmbOut], None],
         send_csmb: Callable[[Any], None],
         clock: Callable[[], float] = time.monotonic,
+        forget_ssmb: Callable[[tuple[str, int]], None] | None = None,
     ) -> None:
         self.engine = engine
         self.send_ssmb = send_ssmb
         self.send_csmb = send_csmb
+        self.forget_ssmb = forget_ssmb
         self.clock = clock
         self.lock = threading.RLock()
         self.datapath: Any = None
@@ -65,6 +67,11 @@ class DfsRuntime:
             LOG.warning("DFS error %s (first occurrence; further ones are only counted)", kind)
 
     def _deliver(self, out: Output) -> None:
+        # Before anything is sent: a reply to what we send may come from the restarted peer.
+        for peer in out.ssmb_forget:
+            if self.forget_ssmb is not None:
+                self.forget_ssmb(peer)
+                self.counters["ssmb_peers_forgotten"] += 1
         dp = self.datapath
         for msg in out.openflow:
             if dp is None:

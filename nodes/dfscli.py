@@ -2,6 +2,8 @@
 
 dfs [--url URL] status [--json]
 dfs [--url URL] flows [--json]
+
+The default URL is the daemon's default status endpoint, http://127.0.0.1:7790.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-DEFAULT_URL = "http://127.0.0.1:8081"
+from slbcore.dfs.config import DEFAULT_STATUS_PORT
+
+DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_STATUS_PORT}"
 
 
 def fetch(url: str, path: str, timeout: float = 5.0) -> Any:

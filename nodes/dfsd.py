@@ -8,7 +8,8 @@ One process, several threads around one :class:`controller.app.DfsRuntime`:
 * the SSMB thread receives UDP from the CS (duplicates dropped by :class:`SsmbReceiver`);
 * the CSMB thread keeps a TCP connection to the CS, reconnecting with backoff;
 * the timer thread ticks the engine (QUERY/ARP retries) and flushes SSMB batches;
-* a small HTTP server on 127.0.0.1 answers ``/status`` and ``/flows`` in JSON;
+* a small HTTP server on 127.0.0.1 (``[status] port``, 7790 by default, where the ``dfs`` command
+  looks) answers ``/status`` and ``/flows`` in JSON;
 * with ``[routing] kernel_routes = true`` a thread re-reads the routes of the daemon's own network
   namespace (pyroute2) and hands them to the engine's route table.
 
@@ -51,6 +52,8 @@ class Buses:
         self.stop = stop
         self.sender = SsmbSender()
         self.receiver = SsmbReceiver()
+        # The SSMB thread receives while the CSMB thread may forget a restarted CS.
+        self.receiver_lock = threading.Lock()
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.udp.bind((cfg.mgmt_ipaddr, cfg.ssmb_port))
@@ -75,6 +78,16 @@ class Buses:
             self.udp.sendto(data, dest)
         except OSError as exc:
             LOG.warning("SSMB send to %s failed: %s", dest, exc)
+
+    def receive_ssmb(self, data: bytes, sender: tuple[str, int], now: float) -> list[Any]:
+        """New SSMB messages of one datagram (duplicates and bad datagrams dropped, counted)."""
+        with self.receiver_lock:
+            return self.receiver.receive(data, sender, now)
+
+    def forget_ssmb(self, sender: tuple[str, int]) -> None:
+        """Forget ``sender``'s serials: it restarted, so its low serials are new messages."""
+        with self.receiver_lock:
+            self.receiver.forget(sender)
 
     def poll_ssmb(self, now: float) -> None:
         """Send SSMB batches whose delay expired."""
@@ -232,7 +245,7 @@ def ssmb_loop(buses: Buses, runtime: Any) -> None:
             if buses.stop.is_set():
                 return
             continue
-        for msg in buses.receiver.receive(data, (addr[0], addr[1]), time.monotonic()):
+        for msg in buses.receive_ssmb(data, (addr[0], addr[1]), time.monotonic()):
             runtime.run(lambda e, now, m=msg: e.ssmb_message(m, now))
 
 
@@ -300,7 +313,8 @@ def make_status_server(
             if path == "/status":
                 body: Any = runtime.snapshot(lambda e: e.status())
                 body["runtime"] = dict(runtime.counters)
-                body["ssmb_receiver"] = dict(buses.receiver.counters)
+                with buses.receiver_lock:
+                    body["ssmb_receiver"] = dict(buses.receiver.counters)
                 body["ssmb_sender"] = dict(buses.sender.counters)
                 body["csmb"] = dict(buses.counters)
                 if routes is not None:
@@ -396,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"dfsd: cannot bind SSMB {cfg.mgmt_ipaddr}:{cfg.ssmb_port}: {exc}", file=sys.stderr)
         return 1
-    runtime = DfsRuntime(engine, buses.send_ssmb, buses.send_csmb)
+    runtime = DfsRuntime(engine, buses.send_ssmb, buses.send_csmb, forget_ssmb=buses.forget_ssmb)
     DfsApp.runtime = runtime
     start_osken(cfg.openflow_port)
     relay = UnixRelay(cfg.unix_socket, cfg.openflow_port, stop) if cfg.unix_socket else None

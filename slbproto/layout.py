@@ -16,7 +16,7 @@ import socket
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from slbproto.errors import BadFieldValue, UsageError
 
@@ -243,7 +243,12 @@ class Layout:
 
     def namespace(self) -> dict[str, object]:
         """Everything generated code for this layout refers to."""
-        ns: dict[str, object] = {"_pton": socket.inet_pton, "_ntoa": socket.inet_ntoa}
+        ns: dict[str, object] = {
+            "_ip_octets": _IP_OCTETS,
+            "_ip_encode": ipv4_octets,
+            "_ip_text": _IP_TEXT,
+            "_ip_decode": ipv4_text,
+        }
         for f in self.fields:
             ns.update(f.namespace())
         return ns
@@ -253,7 +258,7 @@ class Layout:
         out = []
         for f in self.value_fields():
             e = expr(f)
-            out.append(f"_pton(2, {e})" if f.ipv4 else e)
+            out.append(ipv4_pack_expr(e) if f.ipv4 else e)
         return ", ".join(out)
 
     def check_lines(self, fields: Callable[[Field], str | None], raise_fmt: str, indent: str) -> str:
@@ -344,13 +349,86 @@ class Registry(Generic[M]):
         return len(self._by_code)
 
 
-def compile_function(source: str, namespace: dict[str, object], name: str) -> Callable[..., Any]:
-    """Compile generated source and return the function called ``name``."""
+# --- IPv4 conversion ---------------------------------------------------------------------------
+#
+# inet_ntoa goes through the C library's printf and costs about as much as unpacking a whole
+# message, so both directions keep a small memo. Every message of a flow (QUERY, REPLY, STATS,
+# DELETE) repeats the same few addresses, so nearly every lookup hits. The memos are bounded
+# by emptying them when full: O(1), no per-hit bookkeeping, and a miss costs one conversion.
+
+IPV4_MEMO_SIZE: Final = 4096
+_IP_OCTETS: Final[dict[str, bytes]] = {}
+_IP_TEXT: Final[dict[bytes, str]] = {}
+
+
+def ipv4_octets(text: str) -> bytes:
+    """The 4 octets of a strict dotted-quad str; TypeError or OSError (inet_pton's) otherwise."""
+    if type(text) is not str:
+        raise TypeError(f"IPv4 address must be a str, got {type(text).__name__}")
+    # inet_pton, unlike inet_aton, refuses "1", "1.2.3", "0x1.2.3.4" and leading zeros.
+    octets = socket.inet_pton(socket.AF_INET, text)
+    if len(_IP_OCTETS) >= IPV4_MEMO_SIZE:
+        _IP_OCTETS.clear()
+    _IP_OCTETS[text] = octets
+    return octets
+
+
+def ipv4_text(octets: bytes) -> str:
+    """The dotted-quad str of 4 octets."""
+    text = socket.inet_ntoa(octets)
+    if len(_IP_TEXT) >= IPV4_MEMO_SIZE:
+        _IP_TEXT.clear()
+    _IP_TEXT[octets] = text
+    return text
+
+
+def clear_ipv4_memo() -> None:
+    """Forget every memoised IPv4 conversion (benchmarks of first-seen addresses use this)."""
+    _IP_OCTETS.clear()
+    _IP_TEXT.clear()
+
+
+def ipv4_pack_expr(expr: str) -> str:
+    """Generated expression turning the str ``expr`` into 4 octets (``expr`` is a name or attribute).
+
+    A non-str key misses the memo (only str keys are stored) and ipv4_octets refuses it; an
+    unhashable one makes ``dict.get`` raise TypeError. Four octets are never falsy.
+    """
+    return f"(_ip_octets.get({expr}) or _ip_encode({expr}))"
+
+
+def ipv4_unpack_expr(var: str) -> str:
+    """Generated expression turning the 4 octets in ``var`` into a dotted-quad str."""
+    return f"(_ip_text.get({var}) or _ip_decode({var}))"
+
+
+# --- generated code ------------------------------------------------------------------------------
+
+_SOURCES: dict[object, list[str]] = {}
+
+
+def compile_function(
+    source: str, namespace: dict[str, object], name: str, owner: object = None
+) -> Callable[..., Any]:
+    """Compile generated source and return the function called ``name``.
+
+    The source is kept under ``owner`` (a message class) for :func:`generated_source`.
+    """
     code = compile(source, f"<slbproto generated {name}>", "exec")
     exec(code, namespace)
     fn = namespace[name]
     assert callable(fn)
+    if owner is not None:
+        _SOURCES.setdefault(owner, []).append(source)
     return fn
+
+
+def generated_source(owner: object) -> str:
+    """The Python source generated for a message class (or VirtualServer), for inspection."""
+    try:
+        return "\n".join(_SOURCES[owner])
+    except KeyError:
+        raise UsageError(f"no generated code for {owner!r}") from None
 
 
 def format_value(f: Field, value: object) -> str:

@@ -46,6 +46,7 @@ from slbproto.layout import (
     compile_function,
     format_value,
     ipv4,
+    ipv4_unpack_expr,
     pad,
     u8,
     u16,
@@ -388,7 +389,7 @@ def _generate(cls: type[SsmbMessage]) -> tuple[PackFn, UnpackFn]:
         "        _explain(_C, m, count, sg, sb)",
         "        raise AssertionError('unreachable') from exc",
     ]
-    pack_fn = compile_function("\n".join(src) + "\n", dict(ns), f"pack_{name}")
+    pack_fn = compile_function("\n".join(src) + "\n", dict(ns), f"pack_{name}", cls)
 
     variables = {f.name: f"v_{f.name}" for f in layout.value_fields()}
     offset_of = dict(layout.offsets)
@@ -413,7 +414,7 @@ def _generate(cls: type[SsmbMessage]) -> tuple[PackFn, UnpackFn]:
     for f in layout.value_fields():
         if f.role is not Role.VALUE:
             continue
-        value = f"_ntoa({variables[f.name]})" if f.ipv4 else variables[f.name]
+        value = ipv4_unpack_expr(variables[f.name]) if f.ipv4 else variables[f.name]
         lines.append(f"    o.{f.name} = {value}")
     if tail is None:
         lines.append(f"    stop = off + {layout.size}")
@@ -432,7 +433,7 @@ def _generate(cls: type[SsmbMessage]) -> tuple[PackFn, UnpackFn]:
     # Builder instances take plain slot stores; switching __class__ afterwards yields a
     # genuine frozen instance far faster than the dataclass __init__'s object.__setattr__ calls.
     lines += ["    _setattr(o, '__class__', _C)", "    return o, stop"]
-    unpack_fn = compile_function("\n".join(lines) + "\n", dict(ns), f"unpack_{name}")
+    unpack_fn = compile_function("\n".join(lines) + "\n", dict(ns), f"unpack_{name}", cls)
     return pack_fn, unpack_fn
 
 

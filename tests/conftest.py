@@ -58,19 +58,28 @@ def _our_leftovers() -> list[str]:
     """Bridges, namespaces and state files a test run of ours could have left."""
     from nodes.net import STATE_DIR, pid_alive
 
+    import json
+
+    # Bridges and state of a testbed that another live process is running are not ours to judge.
+    others: set[str] = set()
+    live_state: list[str] = []
+    if STATE_DIR.is_dir():
+        for path in STATE_DIR.glob("net-*.json"):
+            owner = int(path.name.split("-")[1])
+            if owner != os.getpid() and pid_alive(owner):
+                try:
+                    others.update(json.loads(path.read_text()).get("bridges", []))
+                except (OSError, ValueError):
+                    pass
+            else:
+                live_state.append(f"state file {path.name}")
     found: list[str] = []
     if _ovs_running():
         out = subprocess.run(["ovs-vsctl", "--timeout=5", "list-br"], capture_output=True, text=True).stdout
-        found += [f"bridge {b}" for b in out.split()]
+        found += [f"bridge {b}" for b in out.split() if b not in others]
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     found += [f"netns {line.split()[0]}" for line in out.splitlines() if line.strip()]
-    if STATE_DIR.is_dir():
-        # A state file whose owner still runs belongs to a live testbed (another run), not to us.
-        found += [
-            f"state file {p.name}"
-            for p in STATE_DIR.glob("net-*.json")
-            if not pid_alive(int(p.name.split("-")[1])) or int(p.name.split("-")[1]) == os.getpid()
-        ]
+    found += live_state
     return found
 
 

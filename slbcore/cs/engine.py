@@ -18,6 +18,15 @@ Flow life cycle
 Statistics in DELETE/STATS are the DFS's running totals for the flow; the CS adds only the growth since
 the previous report of the same flow, so a CONNALIVE answer repeated on every REAP is not double counted.
 
+DFS_ASSIST connections
+    The switch picks their server itself, so no QUERY precedes them and the CS holds no flow for them.
+    When one ends, the DFS sends DELETE with a flow_id it chose then, the client's 5-tuple towards the
+    virtual IP and the final counters; the endflow message names no real server. A DELETE (or plain
+    STATS) that matches no flow of this CS but whose destination is a DFS_ASSIST virtual server (wildcards
+    as in QUERY) from an endpoint that has announced itself as a DFS counts one ended flow in that virtual
+    server's ``total`` and ``dfs_assist_flows`` and adds its counters to the virtual server's statistics;
+    nothing is stored per flow. The same message for any other destination is counted and ignored.
+
 NEWFLOW
     Sent only for a virtual server whose ``persistence.prepare_ports`` is not empty: when the CS accepts a
     flow of a client that has a persistence record, it tells the same DFS, once per record and port, to
@@ -190,6 +199,7 @@ class VsStats:
     outbound_bytes: int = 0
     inbound_pkts: int = 0
     outbound_pkts: int = 0
+    dfs_assist_flows: int = 0  # ended connections the switch balanced itself (part of total)
     errors: Counter[str] = field(default_factory=Counter)
 
 
@@ -251,6 +261,16 @@ class _Refusal:
     reply: Any
     tuple_: tuple[str, int, str, int, int]
     expires: float
+
+
+def _reports_flow(flow: Flow, msg: Any) -> bool:
+    """Whether an endflow message is about ``flow`` (orig_src_port 0 in a prepared flow means any)."""
+    return bool(
+        flow.client_ip == msg.orig_src_ipaddr
+        and (not flow.client_port or flow.client_port == msg.orig_src_port)
+        and flow.vip == msg.orig_dst_ipaddr
+        and flow.proto == msg.proto
+    )
 
 
 def _flow_tuple(msg: Any) -> tuple[str, int, str, int, int]:
@@ -694,13 +714,14 @@ class ControlSegment:
         kind = "stats" if isinstance(msg, ssmb.Stats) else "delete"
         dfs = self._identity(sender)
         flow = self.flows.get((dfs, msg.flow_id))
-        if flow is None:
-            self.counters[f"{kind}_unknown_flow"] += 1
-            return
-        if flow.client_ip != msg.orig_src_ipaddr or (
-            flow.client_port and flow.client_port != msg.orig_src_port
-        ):
-            self.counters[f"{kind}_flow_mismatch"] += 1
+        if flow is None or not _reports_flow(flow, msg):
+            # Not a flow this CS decided (or a stale one under the same id): a DFS_ASSIST connection,
+            # whose server the switch chose, reports its end under an id the DFS picked on the spot.
+            rt = self.match_vs(msg.orig_dst_ipaddr, msg.orig_dst_port, msg.proto)
+            if rt is not None and rt.config.vs_class == VsClass.DFS_ASSIST:
+                self._on_dfs_assist_end(rt, msg, dfs, alive)
+            else:
+                self.counters[f"{kind}_unknown_flow" if flow is None else f"{kind}_flow_mismatch"] += 1
             return
         self._account(flow, msg)
         if alive:
@@ -710,6 +731,30 @@ class ControlSegment:
             self.flows.schedule(flow, now + self.settings.flow_idle_timeout)
             return
         self._end_flow(flow, now)
+
+    def _on_dfs_assist_end(self, rt: VsRuntime, msg: Any, dfs: Endpoint, alive: bool) -> None:
+        """Count one ended DFS_ASSIST connection into its virtual server, keeping no per-flow state.
+
+        The endflow message names no real server, so only the virtual server's statistics grow. Its
+        counters are the connection's final totals, added whole. A CONNALIVE STATS says the connection
+        goes on and carries running totals that its DELETE repeats, so it adds nothing. Reports from an
+        endpoint that never announced itself as a DFS are not counted: with no flow to check them against,
+        anybody could inflate the statistics.
+        """
+        if dfs not in self._known_dfs:
+            self.counters["dfs_assist_unknown_sender"] += 1
+            return
+        if alive:
+            self.counters["dfs_assist_connalive_ignored"] += 1
+            return
+        self.counters["dfs_assist_flows"] += 1
+        st = rt.stats
+        st.total += 1
+        st.dfs_assist_flows += 1
+        st.inbound_bytes += int(msg.inbound_bytes)
+        st.outbound_bytes += int(msg.outbound_bytes)
+        st.inbound_pkts += int(msg.inbound_pkts)
+        st.outbound_pkts += int(msg.outbound_pkts)
 
     def _account(self, flow: Flow, msg: Any) -> None:
         deltas = []
@@ -968,6 +1013,7 @@ class ControlSegment:
                     "outbound_bytes": st.outbound_bytes,
                     "inbound_pkts": st.inbound_pkts,
                     "outbound_pkts": st.outbound_pkts,
+                    "dfs_assist_flows": st.dfs_assist_flows,
                     "errors": dict(st.errors),
                 }
             )

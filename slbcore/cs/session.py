@@ -4,6 +4,8 @@ Sequence (PROTOCOL.md, "Who connects, and in what order")::
 
     DFS -> HELLO            CS -> ACK (or ACK VERS_NEW/VERS_OBSOLETE), then its own HELLO
     DFS -> ACK              CS -> RESET, ADD_VS x N   (session established; DFS registered)
+                            CS -> SSMB RESET (UDP, a DFS never seen before)
+    DFS -> ACK (of that SSMB RESET)
     ...                     CS -> ADD_VS / DELETE_VS as the configuration or a DFS_ASSIST pool changes
     DFS -> QUERY_VS         CS -> VS_LIST (all, or those matching the filter's address/port/proto)
     DFS -> STATUS           CS -> STATUS (0 healthy; bit 0 flow table full; bit 1 a VS has no server)
@@ -14,6 +16,9 @@ Version negotiation is :class:`slbproto.hello.HelloNegotiator`'s. Two ways to dr
 serials, seals HELLO when authenticating, and calls :meth:`DfsSession.mark_established`; or, without such a
 connection, :meth:`DfsSession.on_message` runs HELLO/ACK itself. Either way the returned messages carry no
 serials: whoever writes them to the stream stamps them.
+
+The DFS acknowledges the SSMB RESET sent to it on first contact with an ACK on this stream; that ACK
+is counted as ``reset_acked``. Any other ACK outside HELLO is counted as ``unexpected_ack``.
 
 Anything the DFS should not send (ADD_VS, DELETE_VS) is answered with ACK NOT_SUPPORTED and counted;
 configuration requests before the session is established are counted and ignored, and too many refused
@@ -29,7 +34,7 @@ from typing import Any
 
 from slbcore.cs.engine import ControlSegment, SsmbOut, VsChange
 from slbcore.cs.flows import Endpoint
-from slbproto import csmb
+from slbproto import csmb, ssmb
 from slbproto.constants import CsmbError, VsFlag
 from slbproto.hello import HelloNegotiator
 
@@ -91,6 +96,8 @@ class DfsSession:
         self.state = SessionState.WAIT_HELLO
         self.counters: Counter[str] = Counter()
         self.dfs_endpoint: Endpoint | None = None
+        # SSMB RESETs sent to this DFS whose CSMB ACK has not arrived (an ACK then is expected).
+        self.resets_awaiting_ack = 0
 
     # ------------------------------------------------------------------ output helpers
 
@@ -156,6 +163,11 @@ class DfsSession:
 
     def _on_ack(self, ack: Any, now: float, out: SessionOutput) -> None:
         if not self.negotiator.expecting_ack:
+            if self.state is SessionState.ESTABLISHED and self.resets_awaiting_ack > 0:
+                # The DFS answers an SSMB RESET with an ACK on this stream (PROTOCOL.md, table I).
+                self.resets_awaiting_ack -= 1
+                self.counters["reset_acked" if ack.error == CsmbError.OK else "reset_ack_error"] += 1
+                return
             self.counters["unexpected_ack"] += 1
             return
         self._emit(out, self.negotiator.on_ack(ack))
@@ -182,7 +194,9 @@ class DfsSession:
         if endpoint is None:
             return
         self.dfs_endpoint = endpoint
-        out.ssmb.extend(self.cs.register_dfs(endpoint, now))
+        sent = self.cs.register_dfs(endpoint, now)
+        self.resets_awaiting_ack += sum(isinstance(o.message, ssmb.Reset) for o in sent)
+        out.ssmb.extend(sent)
 
     def _close(self, out: SessionOutput, reason: str) -> None:
         out.close = True

@@ -18,6 +18,10 @@ from typing import Any
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
+# The project's port family: 7700 SSMB, 7701 CSMB, 7780 CS status, 7790 DFS status.
+DEFAULT_STATUS_PORT = 7790
+
+
 class ConfigError(ValueError):
     """The DFS configuration is malformed; the message names the key."""
 
@@ -116,7 +120,7 @@ class DfsConfig:
     cs_ssmb_port: int = 7700
     openflow_port: int = 6653
     unix_socket: str = ""
-    status_port: int = 0
+    status_port: int = DEFAULT_STATUS_PORT  # 0: any free port (printed in the READY line)
     timeouts: Timeouts = field(default_factory=Timeouts)
     limits: Limits = field(default_factory=Limits)
     routing: Routing = field(default_factory=Routing)
@@ -349,7 +353,7 @@ def parse_config(data: dict[str, Any]) -> DfsConfig:
         cs_ssmb_port=_int(cs.get("ssmb_port", 7700), "cs.ssmb_port", 1, 65535),
         openflow_port=_int(of.get("listen_port", 6653), "openflow.listen_port", 1, 65535),
         unix_socket=unix_socket,
-        status_port=_int(st.get("port", 0), "status.port", 0, 65535),
+        status_port=_int(st.get("port", DEFAULT_STATUS_PORT), "status.port", 0, 65535),
         timeouts=timeouts,
         limits=limits,
         routing=routing,

@@ -77,12 +77,17 @@ class Output:
     openflow: list[Any] = field(default_factory=list)
     ssmb: list[SsmbOut] = field(default_factory=list)
     csmb: list[Any] = field(default_factory=list)
+    # SSMB senders whose serials start over (a CS that connected or said HELLO): the daemon makes
+    # its duplicate filter forget them *before* sending anything else of this output, so the
+    # first low serials of a restarted CS (its RESET) are not dropped as old duplicates.
+    ssmb_forget: list[tuple[str, int]] = field(default_factory=list)
 
     def extend(self, other: Output) -> Output:
         """Append ``other``'s messages to this output, in order."""
         self.openflow += other.openflow
         self.ssmb += other.ssmb
         self.csmb += other.csmb
+        self.ssmb_forget += other.ssmb_forget
         return self
 
 
@@ -1230,7 +1235,8 @@ class DfsEngine:
             vers_minor=PROTOCOL_VERSION[1],
             ssmb_port=self.cfg.ssmb_port,
         )
-        return Output(csmb=[hello])
+        # A new connection may be a new CS process whose SSMB serials start again from zero.
+        return Output(csmb=[hello], ssmb_forget=[self.cs_ssmb])
 
     def csmb_disconnected(self, now: float) -> Output:
         """The CS went away: new CS_ASSIST flows fail closed until it is back."""
@@ -1285,7 +1291,9 @@ class DfsEngine:
             self.cs_ssmb = (msg.ssmb_active_ipaddr, msg.ssmb_port)
         self.cs_standby = msg.ssmb_standby_ipaddr
         self.redundant = bool(msg.flags & VsFlag.REDUNDANT)
-        return Output(csmb=[csmb.Ack()])
+        self.counters["cs_hellos"] += 1
+        # A HELLO restarts the peer's SSMB serials (slbproto.peer): forget what we saw from it.
+        return Output(csmb=[csmb.Ack()], ssmb_forget=[self.cs_ssmb])
 
     # ------------------------------------------------------------------ virtual servers
 

@@ -367,6 +367,54 @@ def test_handshake_query_reply_delete(
     wait_for("DELETE for an unknown flow counted", lambda: cs.counters().get("delete_unknown_flow") == 1)
 
 
+def test_ack_of_the_ssmb_reset_is_expected(cs: CsProcess, dfs: ScriptedDfs) -> None:
+    """A DFS acknowledges the first-contact SSMB RESET on the CSMB: that ACK is not 'unexpected'."""
+    dfs.handshake()
+    dfs.expect_ssmb(ssmb.Reset, "SSMB RESET on first contact")
+    dfs.send_csmb(csmb.Ack())
+
+    def session_counters() -> dict[str, int] | None:
+        sessions = cs.get("/status")["csmb_sessions"]
+        counters = sessions[0]["counters"] if sessions else {}
+        return counters if counters.get("rx_ack") else None
+
+    counters = wait_for("the CS to take the ACK", session_counters)
+    assert counters.get("reset_acked") == 1
+    assert "unexpected_ack" not in counters
+    dfs.send_csmb(csmb.Ack())  # a second one answers nothing
+    wait_for(
+        "a stray ACK counted",
+        lambda: cs.get("/status")["csmb_sessions"][0]["counters"].get("unexpected_ack") == 1,
+    )
+
+
+def test_dfs_assist_delete_counted_in_its_vs(cs: CsProcess, dfs: ScriptedDfs) -> None:
+    """DFS_ASSIST connections (no QUERY) end with a DELETE under a DFS-chosen id: counted, not stored."""
+    dfs.handshake()
+    for i in range(3):
+        dfs.send_ssmb(
+            ssmb.Delete(
+                "198.51.100.7",
+                "10.0.0.53",
+                50000 + i,
+                53,
+                proto=17,
+                flow_id=1000 + i,
+                inbound_bytes=80,
+                outbound_bytes=300,
+                inbound_pkts=1,
+                outbound_pkts=2,
+            )
+        )
+    wait_for("three DFS_ASSIST flows counted", lambda: cs.counters().get("dfs_assist_flows") == 3)
+    pool = next(v for v in cs.get("/vs") if v["name"] == "pool")
+    assert (pool["total"], pool["dfs_assist_flows"], pool["active"]) == (3, 3, 0)
+    assert (pool["inbound_bytes"], pool["outbound_pkts"]) == (240, 6)
+    status = cs.get("/status")
+    assert status["flows"]["active"] == 0
+    assert "delete_unknown_flow" not in status["counters"]
+
+
 def test_reap_connalive_then_stats(cs: CsProcess, dfs: ScriptedDfs) -> None:
     dfs.handshake()
     dfs.send_ssmb(query(7, 41000))

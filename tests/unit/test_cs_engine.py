@@ -529,3 +529,130 @@ def test_views_are_json_ready() -> None:
     for view in (cs.status(1.0), cs.flow_rows(), cs.server_rows(), cs.vs_rows()):
         json.dumps(view)
     assert cs.flow_rows()[0]["vs"] == "web"
+
+
+DFS_ASSIST_TAIL = """
+[[virtual_server]]
+name = "dns"
+vip = "10.0.0.53"
+port = 53
+protocol = "udp"
+vs_class = "dfs_assist"
+[[virtual_server.real_server]]
+name = "d1"
+address = "10.0.2.1"
+[[virtual_server.real_server]]
+name = "d2"
+address = "10.0.2.2"
+
+[[virtual_server]]
+name = "any"
+vip = "10.0.0.60"
+port = 0
+flags = ["translate_addr", "wildcard_port"]
+vs_class = "dfs_assist"
+[[virtual_server.real_server]]
+name = "e1"
+address = "10.0.3.1"
+"""
+
+
+def assist_end(
+    cls: Any, flow_id: int, dst: str = "10.0.0.53", dport: int = 53, proto: int = 17, **kw: int
+) -> Any:
+    return cls(
+        orig_src_ipaddr="198.51.100.1",
+        orig_dst_ipaddr=dst,
+        orig_src_port=kw.pop("sport", 40000),
+        orig_dst_port=dport,
+        proto=proto,
+        flow_id=flow_id,
+        **kw,
+    )
+
+
+def test_dfs_assist_end_counts_into_vs_without_flow_state() -> None:
+    cs = ControlSegment(config(tail=DFS_ASSIST_TAIL))
+    cs.register_dfs(DFS, 0.0)
+    for i in range(1, 201):
+        msg = assist_end(
+            ssmb.Delete,
+            i,
+            sport=10000 + i,
+            inbound_bytes=100,
+            outbound_bytes=1000,
+            inbound_pkts=2,
+            outbound_pkts=3,
+        )
+        assert cs.handle(msg, DFS, float(i)) == []
+    dns = cs.vs["dns"].stats
+    assert (dns.total, dns.active, dns.dfs_assist_flows) == (200, 0, 200)
+    assert (dns.inbound_bytes, dns.outbound_bytes, dns.inbound_pkts, dns.outbound_pkts) == (
+        20_000,
+        200_000,
+        400,
+        600,
+    )
+    assert cs.counters["dfs_assist_flows"] == 200
+    assert cs.counters["delete_unknown_flow"] == 0
+    assert len(cs.flows) == 0 and len(cs.persistence) == 0 and cs.tick(1000.0) == []
+    assert all(s.stats.total == 0 for s in cs.vs["dns"].servers.values()), "the DELETE names no server"
+    row = next(r for r in cs.vs_rows() if r["name"] == "dns")
+    assert (row["total"], row["dfs_assist_flows"], row["inbound_bytes"]) == (200, 200, 20_000)
+
+
+def test_dfs_assist_stats_plain_counts_connalive_does_not() -> None:
+    cs = ControlSegment(config(tail=DFS_ASSIST_TAIL))
+    cs.register_dfs(DFS, 0.0)
+    cs.handle(assist_end(ssmb.Stats, 5, error=SsmbError.CONNALIVE, inbound_bytes=70), DFS, 1.0)
+    dns = cs.vs["dns"].stats
+    assert (dns.total, dns.inbound_bytes) == (0, 0), "running totals of a live connection add nothing yet"
+    assert cs.counters["dfs_assist_connalive_ignored"] == 1
+    cs.handle(assist_end(ssmb.Stats, 5, inbound_bytes=90), DFS, 2.0)
+    assert (dns.total, dns.inbound_bytes) == (1, 90)
+    assert len(cs.flows) == 0
+
+
+def test_dfs_assist_end_wildcard_port_and_identity_by_host() -> None:
+    cs = ControlSegment(config(tail=DFS_ASSIST_TAIL))
+    cs.register_dfs(DFS, 0.0)
+    cs.handle(assist_end(ssmb.Delete, 1, dst="10.0.0.60", dport=4321, proto=6, inbound_pkts=1), DFS, 1.0)
+    # another socket of the same announced DFS host is the same DFS
+    cs.handle(assist_end(ssmb.Delete, 2, dst="10.0.0.60", dport=80, proto=6), ("192.0.2.10", 40001), 1.0)
+    assert cs.vs["any"].stats.total == 2 and cs.vs["any"].stats.inbound_pkts == 1
+    # wrong protocol for the wildcard VS: not a DFS_ASSIST destination
+    cs.handle(assist_end(ssmb.Delete, 3, dst="10.0.0.60", dport=80, proto=17), DFS, 1.0)
+    assert cs.vs["any"].stats.total == 2 and cs.counters["delete_unknown_flow"] == 1
+
+
+def test_dfs_assist_end_from_unannounced_sender_is_not_counted() -> None:
+    cs = ControlSegment(config(tail=DFS_ASSIST_TAIL))
+    cs.handle(assist_end(ssmb.Delete, 1, inbound_bytes=10**9), ("203.0.113.66", 9999), 1.0)
+    assert cs.vs["dns"].stats.total == 0 and cs.vs["dns"].stats.inbound_bytes == 0
+    assert cs.counters["dfs_assist_unknown_sender"] == 1
+    # a DFS whose CSMB session is down (it may reconnect) is still known
+    cs.register_dfs(DFS, 2.0)
+    cs.unregister_dfs(DFS)
+    cs.handle(assist_end(ssmb.Delete, 2), DFS, 3.0)
+    assert cs.vs["dns"].stats.total == 1
+
+
+def test_unknown_flows_for_cs_assist_stay_ignored_with_dfs_assist_configured() -> None:
+    cs = ControlSegment(config(tail=DFS_ASSIST_TAIL))
+    cs.register_dfs(DFS, 0.0)
+    cs.handle(endflow(ssmb.Delete, 42, inbound_bytes=500), DFS, 1.0)
+    cs.handle(endflow(ssmb.Stats, 43, inbound_bytes=500), DFS, 1.0)
+    web = cs.vs["web"].stats
+    assert (web.total, web.inbound_bytes, web.dfs_assist_flows) == (0, 0, 0)
+    assert cs.counters["delete_unknown_flow"] == 1 and cs.counters["stats_unknown_flow"] == 1
+    assert cs.counters["dfs_assist_flows"] == 0
+
+
+def test_dfs_assist_end_reusing_a_stale_cs_flow_id_leaves_that_flow() -> None:
+    cs = ControlSegment(config(tail=DFS_ASSIST_TAIL))
+    cs.register_dfs(DFS, 0.0)
+    cs.handle(query(7), DFS, 0.0)
+    cs.handle(assist_end(ssmb.Delete, 7, outbound_bytes=64), DFS, 1.0)
+    assert len(cs.flows) == 1 and cs.vs["web"].stats.active == 1
+    assert cs.vs["dns"].stats.total == 1 and cs.vs["dns"].stats.outbound_bytes == 64
+    assert cs.counters["delete_flow_mismatch"] == 0

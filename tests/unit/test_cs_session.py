@@ -155,6 +155,49 @@ def test_reset_ack_for_ssmb_reset() -> None:
     assert [(type(m), m.error) for m in acks] == [(csmb.Ack, 0)]
 
 
+def test_ack_of_first_contact_ssmb_reset_is_expected() -> None:
+    """The DFS answers the SSMB RESET of first contact with a CSMB ACK: counted as such, once."""
+    cs, session = new_session()
+    out = establish(cs, session)
+    assert sum(isinstance(getattr(m, "message", None), ssmb.Reset) for m in out) == 1
+    assert session.resets_awaiting_ack == 1
+    assert session.on_message(csmb.Ack(), 1.0).csmb == []
+    assert session.counters["reset_acked"] == 1 and session.counters["unexpected_ack"] == 0
+    session.on_message(csmb.Ack(), 1.0)
+    assert session.counters["unexpected_ack"] == 1 and session.counters["reset_acked"] == 1
+
+
+def test_reconnect_without_ssmb_reset_expects_no_ack() -> None:
+    cs, first = new_session()
+    establish(cs, first)
+    first.closed()
+    _, second = new_session(cs)
+    establish(cs, second)
+    assert second.resets_awaiting_ack == 0, "a DFS seen before gets no SSMB RESET"
+    second.on_message(csmb.Ack(), 1.0)
+    assert second.counters["unexpected_ack"] == 1
+
+
+def test_refused_ssmb_reset_ack_counted() -> None:
+    cs, session = new_session()
+    establish(cs, session)
+    session.on_message(csmb.Ack(error=int(CsmbError.BAD_MESSAGE)), 1.0)
+    assert session.counters["reset_ack_error"] == 1 and session.counters["unexpected_ack"] == 0
+
+
+def test_established_by_transport_expects_reset_ack() -> None:
+    """The daemon path (mark_established after the transport's HELLO) tracks the SSMB RESET too."""
+    _, session = new_session()
+    neg = session.negotiator
+    neg.on_hello(dfs_hello())
+    neg.start()
+    neg.on_ack(csmb.Ack())
+    out = session.mark_established(0.0)
+    assert [type(o.message) for o in out.ssmb] == [ssmb.Reset]
+    session.on_message(csmb.Ack(), 0.1)
+    assert session.counters["reset_acked"] == 1 and session.counters["unexpected_ack"] == 0
+
+
 def test_standby_sets_redundant() -> None:
     cs = ControlSegment(parse_config_text(CONFIG))
     session = DfsSession(cs, ("192.0.2.10", 1), "192.0.2.1", 7700, standby_ip="192.0.2.2")

@@ -65,6 +65,21 @@ def test_bad_config_names_the_key(patch: dict, key: str) -> None:
         parse_config({**BASE, **patch})
 
 
+def test_default_ports_are_the_project_port_family() -> None:
+    cfg = parse_config(BASE)
+    assert (cfg.ssmb_port, cfg.cs_ssmb_port, cfg.cs_csmb_port, cfg.status_port) == (7700, 7700, 7701, 7790)
+    assert parse_config({**BASE, "status": {"port": 0}}).status_port == 0  # any free port
+
+
+def test_dfs_cli_reads_the_daemon_default_status_port(capsys: pytest.CaptureFixture[str]) -> None:
+    from nodes import dfscli
+
+    assert dfscli.DEFAULT_URL == "http://127.0.0.1:7790"
+    with pytest.raises(SystemExit):
+        dfscli.main(["--help"])
+    assert "default http://127.0.0.1:7790" in capsys.readouterr().out
+
+
 def test_duplicate_port_is_refused() -> None:
     intf = BASE["interface"][0]
     with pytest.raises(ConfigError, match="listed twice"):

@@ -515,6 +515,22 @@ def test_ssmb_reset_deletes_flows_and_acks() -> None:
     assert rig.take_ssmb() == []  # deletions we asked for are not reported as flow ends
 
 
+def test_csmb_connect_and_cs_hello_restart_the_cs_ssmb_serials() -> None:
+    engine = DfsEngine(parse_config(CONFIG), EPOCH)
+    assert engine.csmb_connected(0.0).ssmb_forget == [("127.0.0.1", 7700)]
+    # The CS names another SSMB endpoint in its HELLO: that is the one whose serials restart.
+    out = engine.csmb_message(csmb.Hello("10.255.0.9", "0.0.0.0", 0, 1, 0, 7711), 0.0)
+    assert out.ssmb_forget == [("10.255.0.9", 7711)] and engine.cs_ssmb == ("10.255.0.9", 7711)
+    assert [type(m) for m in out.csmb] == [csmb.Ack] and out.csmb[0].error == 0
+    # A HELLO we refuse changes nothing.
+    refused = engine.csmb_message(csmb.Hello("10.255.0.8", "0.0.0.0", 0, 2, 0, 7700), 0.0)
+    assert refused.ssmb_forget == [] and engine.cs_ssmb == ("10.255.0.9", 7711)
+    # Nothing else asks to forget, and extend() carries the request along.
+    assert engine.csmb_message(csmb.Ack(), 0.0).ssmb_forget == []
+    assert engine.csmb_disconnected(0.0).ssmb_forget == []
+    assert engine.csmb_connected(1.0).extend(engine.tick(1.0)).ssmb_forget == [("10.255.0.9", 7711)]
+
+
 def test_switch_reconnect_keeps_flows_adopts_old_epoch_and_drops_strays() -> None:
     rig = make_rig()
     neighbours(rig)

@@ -11,6 +11,8 @@ from controller.app import DfsRuntime
 from slbcore.dfs import rules
 from slbcore.dfs.config import parse_config
 from slbcore.dfs.engine import DfsEngine, FlowEntryStats, Output
+from slbproto import csmb, ssmb
+from slbproto.peer import SsmbReceiver, SsmbSender
 from tests.unit.test_dfs_engine import CONFIG
 
 pytestmark = pytest.mark.unit
@@ -81,3 +83,64 @@ def test_openflow_without_switch_is_counted_and_stats_parts_are_joined() -> None
     assert not rt.engine.audit_pending
     rt.stats_part(12345, [], more=False)
     assert rt.counters["stats_reply_unexpected"] == 1
+
+
+CS_SSMB = ("127.0.0.1", 7700)
+
+
+def _old_cs_traffic(receiver: SsmbReceiver, rt: DfsRuntime) -> None:
+    """The first CS process sends 10 SSMB RESETs (serials 0..9)."""
+    sender = SsmbSender()
+    for _ in range(10):
+        for data, _ in sender.send(ssmb.Reset(), CS_SSMB, 0.0):
+            for m in receiver.receive(data, CS_SSMB, 0.0):
+                rt.run(lambda e, now, m=m: e.ssmb_message(m, now))
+
+
+def _new_cs_reset(receiver: SsmbReceiver, rt: DfsRuntime) -> None:
+    """A restarted CS process: its serials begin at zero again, and its first message is RESET."""
+    ((data, _),) = SsmbSender().send(ssmb.Reset(), CS_SSMB, 0.0)
+    for m in receiver.receive(data, CS_SSMB, 2.0):
+        rt.run(lambda e, now, m=m: e.ssmb_message(m, now))
+
+
+@pytest.mark.parametrize("forget", [True, False])
+def test_a_restarted_cs_is_heard_after_it_reconnects(forget: bool) -> None:
+    receiver = SsmbReceiver()
+    sent_with_state: list[bool] = []
+
+    def send_csmb(msg: object) -> None:
+        # What the DFS says on the new connection may make the CS send SSMB at once.
+        sent_with_state.append(receiver.sender_state(CS_SSMB) is not None)
+
+    rt = DfsRuntime(
+        DfsEngine(parse_config(CONFIG), 1),
+        lambda _: None,
+        send_csmb,
+        clock=lambda: 1.0,
+        forget_ssmb=receiver.forget if forget else None,
+    )
+    rt.run(lambda e, now: e.csmb_connected(now))
+    _old_cs_traffic(receiver, rt)
+    assert rt.engine.counters["flow_resets"] == 10
+    rt.run(lambda e, now: e.csmb_disconnected(now))
+    sent_with_state.clear()
+    rt.run(lambda e, now: e.csmb_connected(now))
+    assert sent_with_state == [not forget]  # HELLO went out after the old serials were forgotten
+    _new_cs_reset(receiver, rt)
+    if forget:
+        assert rt.engine.counters["flow_resets"] == 11
+        assert rt.counters["ssmb_peers_forgotten"] == 2
+    else:  # the failure this guards against: serial 0 taken for a duplicate of the old process's
+        assert rt.engine.counters["flow_resets"] == 10 and receiver.counters["duplicate"] == 1
+
+
+def test_a_cs_hello_forgets_its_ssmb_endpoint() -> None:
+    receiver = SsmbReceiver()
+    rt = DfsRuntime(
+        DfsEngine(parse_config(CONFIG), 1), lambda _: None, lambda _: None, forget_ssmb=receiver.forget
+    )
+    _old_cs_traffic(receiver, rt)
+    assert receiver.sender_state(CS_SSMB) is not None
+    rt.run(lambda e, now: e.csmb_message(csmb.Hello("127.0.0.1", "0.0.0.0", 0, 1, 0, 7700), now))
+    assert receiver.sender_state(CS_SSMB) is None
