@@ -34,8 +34,8 @@ import re
 import selectors
 import socket
 import statistics
-import subprocess
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -330,9 +330,11 @@ class QueryTemplate:
         serials = SerialCounter(start=4660)
         data = self.make(serials, 0x01020304, 777)
         (msg,) = ssmb.decode_datagram(data)
+        if not isinstance(msg, ssmb.Query):
+            raise RuntimeError(f"QUERY template decodes to {type(msg).__name__}")
         want = (4660, 4660, "198.51.3.9", 1024 + 777, 0x01020304)
         got = (msg.serial_global, msg.serial_bytype, msg.orig_src_ipaddr, msg.orig_src_port, msg.flow_id)
-        if not isinstance(msg, ssmb.Query) or got != want:
+        if got != want:
             raise RuntimeError(f"QUERY template is wrong: decoded {got}, expected {want}")
 
 
@@ -659,9 +661,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"QUERY -> REPLY with N DFS peers, {args.window} outstanding each, on loopback:")
         for n, level in levels.items():
             udp = level["udp"]
+            cs, echo = udp["cs"], udp["echo"]
             print(
-                f"  {n:>3s} peers  CS {udp['cs']['per_second']:>8,d}/s  echo {udp['echo']['per_second']:>8,d}/s"
-                f"  ratio {udp['ratio_cs_to_echo']}  p99 {udp['cs']['p99_us']} us  lost {udp['cs']['lost']}"
+                f"  {n:>3s} peers  CS {cs['per_second']:>8,d}/s  echo {echo['per_second']:>8,d}/s"
+                f"  ratio {udp['ratio_cs_to_echo']}  p99 {cs['p99_us']} us  lost {cs['lost']}"
             )
     else:
         results["decisions"] = bench_decisions(per_method, max_messages)

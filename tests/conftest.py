@@ -56,9 +56,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 def _our_leftovers() -> list[str]:
     """Bridges, namespaces and state files a test run of ours could have left."""
-    from nodes.net import STATE_DIR, pid_alive
-
     import json
+
+    from nodes.net import STATE_DIR, pid_alive
 
     # Bridges and state of a testbed that another live process is running are not ours to judge.
     others: set[str] = set()
