@@ -315,13 +315,8 @@ class QueryTemplate:
         buf = bytearray(self.base)
         g, t = serials.next(SsmbType.QUERY)
         struct.pack_into("!HH", buf, _OFF_SERIAL_GLOBAL, g, t)
-        struct.pack_into(
-            "!4sH",
-            buf,
-            _OFF_SRC_IP,
-            bytes((198, 51, (client >> 8) & 255, client & 255)),
-            1024 + client % 60000,
-        )
+        buf[_OFF_SRC_IP : _OFF_SRC_IP + 4] = bytes((198, 51, (client >> 8) & 255, client & 255))
+        struct.pack_into("!H", buf, _OFF_SRC_PORT, 1024 + client % 60000)
         struct.pack_into("!I", buf, _OFF_FLOW_ID, flow_id)
         return bytes(buf)
 

@@ -62,6 +62,12 @@ MAX_LEARNED_WAITING = 65536
 NO_ROUTE_HOLD = 5  # seconds a "no route" destination is dropped in the switch before asking again
 
 
+def _opens_connection(tcp_flags: int) -> bool:
+    """Whether a TCP segment is a connection's opening SYN (SYN without ACK)."""
+    value, mask = rules.TCP_OPENING
+    return tcp_flags & mask == value
+
+
 @dataclass
 class SsmbOut:
     """An SSMB message and the (address, port) it goes to."""
@@ -361,6 +367,12 @@ class DfsEngine:
             out.openflow.append(rules.route_entries_delete(dp))
         for i, intf in enumerate(self.cfg.interfaces):
             out.openflow += rules.own_address_entries(dp, self.epoch, intf.ipaddr, i)
+        # Dispatch entries are rewritten from our own state; an earlier incarnation's may have
+        # another shape or belong to a virtual server that is gone, and overlapping entries of
+        # equal priority would make the switch's choice arbitrary.
+        out.openflow.append(
+            rules.delete_by_cookie(dp, rules.make_cookie(rules.KIND_DISPATCH, 0, 0), rules.MASK_KIND)
+        )
         for st in self.vservers.values():
             out.extend(self._program_vs(st, now, new_group=True))
         self.audit_pending = True
@@ -416,6 +428,12 @@ class DfsEngine:
         if intf is None:
             self._error("packet_in_unknown_port")
             return Output()
+        if not st.dfs_assist and ip.proto == IPPROTO_TCP and not _opens_connection(ip.tcp_flags):
+            # A segment of a connection nobody offloaded (its entries expired or were reset): as
+            # a host with no such connection would, answer RST (never for a RST) instead of
+            # asking the CS to place a connection the server does not know either.
+            self.counters["unknown_segment_refused"] += 1
+            return self._reject(in_port, frame, SsmbError.UNKNOWN)
         refusal = self._refusal(st, now)
         if refusal:
             self._error(refusal)
@@ -1337,16 +1355,23 @@ class DfsEngine:
         key = self._key(vs.proto, vs.virt_ipaddr, vs.virt_port, VsFlag(vs.flags))
         st = self.vservers.get(key)
         new_group = st is None or not st.dfs_assist
+        out = Output()
         if st is None:
             st = VsState(vs, self._alloc_vs_index())
             self.vservers[key] = st
             self.counters["vs_added"] += 1
         else:
             self.counters["vs_modified"] += 1
+            if st.dfs_assist != (int(vs.vs_class) == VsClass.DFS_ASSIST) and self.switch_up:
+                # The two classes dispatch with differently shaped entries: replace, not overlay.
+                out.openflow.append(rules.vs_entry_delete(self.dp, self.epoch, st.index))
+                if st.dfs_assist:
+                    out.openflow.append(rules.group_delete(self.dp, st.index))
+                    out.openflow.append(rules.pool_members_delete(self.dp, st.index))
         st.vs, st.pool = vs, pool
         if not st.dfs_assist:
             st.targets = []
-        return self._program_vs(st, now, new_group=new_group)
+        return out.extend(self._program_vs(st, now, new_group=new_group))
 
     def _alloc_vs_index(self) -> int:
         used = {st.index for st in self.vservers.values()}
@@ -1413,18 +1438,17 @@ class DfsEngine:
                 out.openflow.append(rules.pool_members_delete(self.dp, st.index))
             st.targets = targets
         if self.switch_up:
-            out.openflow.append(
-                rules.vs_entry(
-                    self.dp,
-                    self.epoch,
-                    st.index,
-                    vs.proto,
-                    vs.virt_ipaddr,
-                    vs.virt_port,
-                    bool(flags & VsFlag.WILDCARD_ADDR),
-                    bool(flags & VsFlag.WILDCARD_PORT),
-                    group_id,
-                )
+            out.openflow += rules.vs_entries(
+                self.dp,
+                self.epoch,
+                st.index,
+                vs.proto,
+                vs.virt_ipaddr,
+                vs.virt_port,
+                bool(flags & VsFlag.WILDCARD_ADDR),
+                bool(flags & VsFlag.WILDCARD_PORT),
+                group_id,
+                cs_assist=not st.dfs_assist,
             )
         return out
 

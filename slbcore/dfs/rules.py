@@ -381,21 +381,39 @@ def route_entries_delete(dp: Any, dst: str | None = None) -> Any:
 
 
 def vs_priority(wild_addr: bool, wild_port: bool) -> int:
-    """More specific virtual servers win: exact > any port > any address > both wild."""
-    return PRIO_VS_BASE + (0 if wild_addr else 2) + (0 if wild_port else 1)
+    """More specific virtual servers win: exact > any port > any address > both wild.
+
+    Each level spans two priorities: a CS_ASSIST TCP virtual server puts its SYN entry one above
+    its catch-all (:func:`vs_entries`), still below every more specific virtual server.
+    """
+    return PRIO_VS_BASE + 2 * ((0 if wild_addr else 2) + (0 if wild_port else 1))
 
 
-def vs_match(dp: Any, proto: int, vip: str, vport: int, wild_addr: bool, wild_port: bool) -> Any:
-    """The match selecting new flows to a virtual server."""
+# tcp_flags value/mask of a connection's opening segment: SYN set, ACK clear (ECN bits ignored).
+TCP_OPENING = (0x002, 0x012)
+
+
+def vs_match(
+    dp: Any,
+    proto: int,
+    vip: str,
+    vport: int,
+    wild_addr: bool,
+    wild_port: bool,
+    tcp_flags: tuple[int, int] | None = None,
+) -> Any:
+    """The match selecting new flows to a virtual server (optionally by masked TCP flags)."""
     kwargs: dict[str, Any] = {"eth_type": 0x0800, "ip_proto": proto}
     if not wild_addr:
         kwargs["ipv4_dst"] = vip
     if not wild_port:
         kwargs[_l4_names(proto)[1]] = vport
+    if tcp_flags is not None:
+        kwargs["tcp_flags"] = tcp_flags  # the ONF OXM field OpenFlow 1.3 switches (OVS) support
     return dp.ofproto_parser.OFPMatch(**kwargs)
 
 
-def vs_entry(
+def vs_entries(
     dp: Any,
     epoch: int,
     index: int,
@@ -405,24 +423,37 @@ def vs_entry(
     wild_addr: bool,
     wild_port: bool,
     group_id: int | None,
-) -> Any:
-    """Dispatch entry for a virtual server: to the controller (CS_ASSIST) or to its group (DFS_ASSIST)."""
+    cs_assist: bool,
+) -> list[Any]:
+    """Dispatch entries of a virtual server, all with its cookie (so one delete removes them).
+
+    DFS_ASSIST: one entry to its pool group (to the controller, which refuses, while no member
+    is reachable). CS_ASSIST UDP: one entry to the controller.
+    CS_ASSIST TCP: the opening SYN of an unknown connection goes to the controller from its own
+    entry, one priority above a catch-all that sends the rest there too. Matching ``tcp_flags``
+    puts the flags into the datapath megaflow that OVS caches for the SYN, so the client's next
+    segment (the handshake ACK) misses that cached "to controller" megaflow and is classified
+    afresh, against the flow's entries the DFS installed before it released the SYN. Without it
+    the ACK usually follows the SYN to the controller until OVS revalidates its cache.
+    """
     ofp, p = dp.ofproto, dp.ofproto_parser
-    if group_id is None:
-        inst = to_controller(dp)
-    else:
+    cookie = make_cookie(KIND_DISPATCH, epoch, index)
+    priority = vs_priority(wild_addr, wild_port)
+    match = vs_match(dp, proto, vip, vport, wild_addr, wild_port)
+    if group_id is not None:
         inst = [p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, [p.OFPActionGroup(group_id)])]
-    return add_entry(
-        dp,
-        make_cookie(KIND_DISPATCH, epoch, index),
-        vs_priority(wild_addr, wild_port),
-        vs_match(dp, proto, vip, vport, wild_addr, wild_port),
-        inst,
-    )
+        return [add_entry(dp, cookie, priority, match, inst)]
+    if proto != IPPROTO_TCP or not cs_assist:
+        return [add_entry(dp, cookie, priority, match, to_controller(dp))]
+    opening = vs_match(dp, proto, vip, vport, wild_addr, wild_port, tcp_flags=TCP_OPENING)
+    return [
+        add_entry(dp, cookie, priority + 1, opening, to_controller(dp)),
+        add_entry(dp, cookie, priority, match, to_controller(dp)),
+    ]
 
 
 def vs_entry_delete(dp: Any, epoch: int, index: int) -> Any:
-    """Remove a virtual server's dispatch entry (whatever epoch installed it)."""
+    """Remove a virtual server's dispatch entries (whatever epoch installed them)."""
     cookie = make_cookie(KIND_DISPATCH, 0, index)
     return delete_by_cookie(dp, cookie, MASK_TAG | (0xFF << 48) | 0xFFFFFFFF)
 

@@ -69,3 +69,16 @@ def test_bad_testbed_file_is_refused_before_anything_starts(tmp_path: Path) -> N
     out = run(["-m", "topo.run", str(bad)], timeout=30)
     assert out.returncode == 2
     assert "segment[1].subnet" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_has_vs_flows_and_stats(no_leftovers: None) -> None:
+    """The Mininet CLI of slb-topo answers vs, stats and flows, and Mininet's own commands still work."""
+    commands = "vs\nstats\nclient1 curl -s 10.0.0.100\nflows\nexit\n"
+    out = subprocess.run(
+        [PY, "-m", "topo.run", "--cli"], cwd=ROOT, input=commands, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    assert '"vip": "10.0.0.100"' in out.stdout  # vs
+    assert '"switch_connected": true' in out.stdout  # stats
+    assert re.search(r"^web[123]\s*$", out.stdout, re.M)  # curl through the VIP from client1
+    assert "--- dfs1sw (dfs1)" in out.stdout and "nw_dst=10.0.0.100" in out.stdout  # flows

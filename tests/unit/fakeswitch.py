@@ -42,6 +42,7 @@ PREREQS = {
     "tcp_dst": ("ip_proto", 6),
     "udp_src": ("ip_proto", 17),
     "udp_dst": ("ip_proto", 17),
+    "tcp_flags": ("ip_proto", 6),
 }
 
 

@@ -217,7 +217,10 @@ def test_exact_virtual_server_wins_over_wildcard() -> None:
         e.priority
         for e in rig.switch.find(rules.make_cookie(rules.KIND_DISPATCH, 0, 0), rules.MASK_TAG | (0xFF << 48))
     )
-    assert prios == [rules.vs_priority(True, True), rules.vs_priority(False, False)]
+    # each CS_ASSIST TCP virtual server: its catch-all, and its opening-SYN entry one above
+    wild, exact = rules.vs_priority(True, True), rules.vs_priority(False, False)
+    assert prios == [wild, wild + 1, exact, exact + 1]
+    assert exact > wild + 1
 
 
 @pytest.mark.parametrize("noarp", [False, True])
@@ -646,8 +649,9 @@ def test_csmb_query_delete_and_version() -> None:
     assert len(full.servers) == 2 and filtered.servers == (vs,)
     rig.feed(rig.engine.csmb_message(csmb.DeleteVs(vs), 0))
     assert len(rig.engine.vservers) == 1
+    # the one left: its opening-SYN entry and its catch-all
     assert (
-        len(rig.switch.find(rules.make_cookie(rules.KIND_DISPATCH, 0, 0), rules.MASK_TAG | (0xFF << 48))) == 1
+        len(rig.switch.find(rules.make_cookie(rules.KIND_DISPATCH, 0, 0), rules.MASK_TAG | (0xFF << 48))) == 2
     )
     rig.csmb.clear()
     rig.feed(rig.engine.csmb_message(csmb.Hello("127.0.0.1", "0.0.0.0", 0, 2, 0, 7700), 0))
