@@ -61,6 +61,8 @@ HANDSHAKE_DEADLINE = 10.0
 # An outstanding QUERY unanswered this long is counted lost and replaced by a new one.
 LOSS_TIMEOUT = 1.0
 MAX_PEERS = 256
+# Load that runs before each measured window and is not counted (first flows, cold caches).
+WARMUP = 0.25
 MAX_WINDOW = 64
 
 
@@ -447,12 +449,13 @@ def drive(
     seconds: float,
     max_messages: int,
     template: QueryTemplate,
+    warmup: float = 0.0,
 ) -> dict[str, Any]:
-    """Each peer keeps ``window`` QUERYs outstanding against ``dest`` for ``seconds``; aggregate results.
+    """Each peer keeps ``window`` QUERYs outstanding against ``dest``; aggregate results over ``seconds``.
 
-    An answer counts when it is a single ``want_type`` message (REPLY from the CS, the QUERY itself
-    from the echo server) for one of the peer's outstanding flow_ids. QUERYs still outstanding at the
-    end are neither answered nor lost.
+    The first ``warmup`` seconds run the same load but are not counted. An answer counts when it is a
+    single ``want_type`` message (REPLY from the CS, the QUERY itself from the echo server) for one of
+    the peer's outstanding flow_ids. QUERYs still outstanding at the end are neither answered nor lost.
     """
     sel = selectors.DefaultSelector()
     latencies: list[float] = []
@@ -465,16 +468,15 @@ def drive(
         p.next_flow = fid + 1 if fid + 1 < 0x7FFF_FFFF else 1
         client += 1
         data = template.make(p.serials, fid, client)
-        try:
+        # A full socket buffer drops the QUERY like the network would: the sweep counts it lost.
+        with contextlib.suppress(BlockingIOError):
             p.udp.sendto(data, dest)
-        except BlockingIOError:
-            p.lost += 1  # the socket buffer is full: the QUERY never left; count it, do not wait for it
-            return
         p.outstanding[fid] = now
         sent += 1
 
     start = time.perf_counter()
-    deadline = start + seconds
+    measured = start + warmup
+    deadline = measured + seconds
     next_sweep = start + LOSS_TIMEOUT / 4
     try:
         for p in peers:
@@ -499,8 +501,9 @@ def drive(
                     if t0 is None:
                         p.other += 1  # a late answer to a QUERY already counted lost, or another type
                         continue
-                    latencies.append(t - t0)
-                    p.answered += 1
+                    if t >= measured:
+                        latencies.append(t - t0)
+                        p.answered += 1
                     if t < deadline and sent < max_messages:
                         send_one(p, t)
             now = time.perf_counter()
@@ -510,16 +513,17 @@ def drive(
                     expired = [fid for fid, t0 in p.outstanding.items() if now - t0 > LOSS_TIMEOUT]
                     for fid in expired:
                         del p.outstanding[fid]
-                        p.lost += 1
+                        p.lost += now >= measured
                         send_one(p, now)
     finally:
         for p in peers:
             with contextlib.suppress(KeyError, ValueError):
                 sel.unregister(p.udp)
         sel.close()
-    elapsed = time.perf_counter() - start
+    elapsed = max(1e-9, time.perf_counter() - measured)
     result = _summary(latencies, sum(p.lost for p in peers), elapsed)
-    rates = [p.answered / elapsed for p in peers] if elapsed > 0 else [0.0]
+    rates = [p.answered / elapsed for p in peers]
+    result["warmup_s"] = warmup
     result["sent"] = sent
     result["unmatched"] = sum(p.other for p in peers)
     result["per_peer_min"] = round(min(rates))
@@ -545,6 +549,7 @@ def bench_level(
     """One point of the curve: a fresh daemon driven by ``peers_n`` DFS peers, then the echo ceiling."""
     template = QueryTemplate()
     template.check()
+    warmup = min(WARMUP, seconds / 4)
     peers = _new_peers(peers_n)
     try:
         with running_csd(tmp, env) as ports:
@@ -554,7 +559,14 @@ def bench_level(
             if registered != peers_n:
                 raise RuntimeError(f"{registered} DFS registered with the CS, expected {peers_n}")
             cs_result = drive(
-                peers, ("127.0.0.1", ports["ssmb"]), SsmbType.REPLY, window, seconds, max_messages, template
+                peers,
+                ("127.0.0.1", ports["ssmb"]),
+                SsmbType.REPLY,
+                window,
+                seconds,
+                max_messages,
+                template,
+                warmup,
             )
             status = _status(ports["status"])
     finally:
@@ -571,7 +583,14 @@ def bench_level(
     echo_peers = _new_peers(peers_n)
     try:
         echo_result = drive(
-            echo_peers, ("127.0.0.1", echo_port), SsmbType.QUERY, window, seconds, max_messages, template
+            echo_peers,
+            ("127.0.0.1", echo_port),
+            SsmbType.QUERY,
+            window,
+            seconds,
+            max_messages,
+            template,
+            warmup,
         )
     finally:
         for p in echo_peers:

@@ -261,6 +261,22 @@ class Layout:
             out.append(ipv4_pack_expr(e) if f.ipv4 else e)
         return ", ".join(out)
 
+    def unpack_lines(
+        self, var: Callable[[Field], str], struct_name: str, buf: str, off: str, indent: str, on_bad: str
+    ) -> list[str]:
+        """Generated lines unpacking this layout at ``buf[off:]`` into the variables ``var(field)``.
+
+        One condition covers every VALUE field whose allowed set is narrower than its width;
+        when it holds, the statement ``on_bad`` runs. ``struct_name`` names this layout's Struct.
+        """
+        targets = ", ".join(var(f) for f in self.value_fields())
+        lines = [f"{indent}({targets},) = {struct_name}.unpack_from({buf}, {off})"]
+        bad = [f.bad_expr(var(f)) for f in self.value_fields() if f.role is Role.VALUE]
+        conditions = [f"({b})" for b in bad if b is not None]
+        if conditions:
+            lines += [f"{indent}if {' or '.join(conditions)}:", f"{indent}    {on_bad}"]
+        return lines
+
     def check_lines(self, fields: Callable[[Field], str | None], raise_fmt: str, indent: str) -> str:
         """Lines raising when a value is outside its allowed set.
 
@@ -403,6 +419,45 @@ def ipv4_unpack_expr(var: str) -> str:
 
 
 # --- generated code ------------------------------------------------------------------------------
+
+
+def slot_names(cls: type) -> tuple[str, ...]:
+    """Every slot of cls, base classes first."""
+    names: list[str] = []
+    for klass in reversed(cls.__mro__):
+        names.extend(klass.__dict__.get("__slots__", ()))
+    return tuple(names)
+
+
+@functools.cache
+def mutable_twin(cls: type) -> type:
+    """A class with exactly cls's slot layout but without its frozen ``__setattr__``.
+
+    Generated decoders fill a twin instance with plain slot stores and then assign
+    ``__class__ = cls`` (CPython allows it between classes whose slots match), which yields a
+    genuine frozen instance several times faster than the dataclass ``__init__``, whose
+    ``object.__setattr__`` per field dominates decoding otherwise.
+    """
+    slotted = next(c for c in cls.__mro__ if c.__dict__.get("__slots__"))
+    return type(f"_{cls.__name__}Builder", slotted.__bases__, {"__slots__": slotted.__dict__["__slots__"]})
+
+
+def construct_lines(
+    cls: type, var: str, values: dict[str, str], indent: str, namespace: dict[str, object]
+) -> list[str]:
+    """Generated lines binding ``var`` to a new cls instance whose slots hold ``values``' expressions.
+
+    Every slot must be given (an unset slot would raise AttributeError when read); the names the
+    lines use are added to ``namespace``.
+    """
+    assert set(values) == set(slot_names(cls)), (cls, sorted(values))
+    name = cls.__name__
+    namespace.update({f"_B_{name}": mutable_twin(cls), f"_C_{name}": cls, "_new": object.__new__})
+    lines = [f"{indent}{var} = _new(_B_{name})"]
+    lines += [f"{indent}{var}.{attr} = {expr}" for attr, expr in values.items()]
+    lines.append(f"{indent}{var}.__class__ = _C_{name}")
+    return lines
+
 
 _SOURCES: dict[object, list[str]] = {}
 

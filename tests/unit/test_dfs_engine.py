@@ -23,6 +23,7 @@ from slbcore.dfs.packets import (
 )
 from slbproto import csmb, ssmb
 from slbproto.constants import NEWFLOW_ID_BIT, FlowFlag, SsmbError, VsClass, VsFlag
+from tests.unit import fakeswitch
 from tests.unit.fakeswitch import Rig
 
 pytestmark = pytest.mark.unit
@@ -532,6 +533,96 @@ def test_csmb_connect_and_cs_hello_restart_the_cs_ssmb_serials() -> None:
     assert engine.csmb_message(csmb.Ack(), 0.0).ssmb_forget == []
     assert engine.csmb_disconnected(0.0).ssmb_forget == []
     assert engine.csmb_connected(1.0).extend(engine.tick(1.0)).ssmb_forget == [("10.255.0.9", 7711)]
+
+
+def _dispatch_hit(rig: Rig, data: bytes) -> int:
+    """Priority of the entry the fake switch picks for a client frame."""
+    pkt = rig.switch._norm(fakeswitch.frame_fields(data))
+    pkt["in_port"] = 1
+    entry = rig.switch.lookup(pkt)
+    assert entry is not None
+    return entry.priority
+
+
+def test_only_an_opening_syn_of_an_unknown_tcp_connection_is_queried() -> None:
+    rig = make_rig()
+    neighbours(rig)
+    add_vs(rig, VsFlag.TRANSLATE_ADDR)
+    prio = rules.vs_priority(False, False)
+    # the opening SYN (ECN bits or not) has its own entry; other segments hit the catch-all,
+    # so OVS's cached megaflow for a SYN never covers the handshake ACK that follows it
+    for flags in (TCP_SYN, TCP_SYN | 0xC0):
+        assert _dispatch_hit(rig, client_tcp(flags)) == prio + 1
+    for flags in (TCP_ACK, TCP_SYN | TCP_ACK, TCP_FIN | TCP_ACK, TCP_RST):
+        assert _dispatch_hit(rig, client_tcp(flags)) == prio
+    (rst,) = rig.send(1, client_tcp(TCP_ACK, seq=1001, ack=77))
+    f = parse_frame(rst.packet["_data"])
+    assert rst.port == 1 and f.ip is not None and f.ip.tcp_flags == TCP_RST and f.ip.tcp_seq == 77
+    assert rig.send(1, client_tcp(TCP_RST, seq=1001)) == []  # never a RST for a RST
+    assert rig.engine.counters["unknown_segment_refused"] == 2 and rig.take_ssmb() == []
+    assert not rig.engine.pending and rig.engine.errors.total() == 0
+    # an opening SYN with ECN bits is a new connection like any other
+    rig.send(1, client_tcp(TCP_SYN | 0xC0, sport=40001))
+    (q,) = rig.take_ssmb()
+    assert isinstance(q, ssmb.Query) and q.orig_src_port == 40001
+
+
+def test_segments_of_a_pending_or_offloaded_connection_are_not_refused() -> None:
+    rig = make_rig()
+    neighbours(rig)
+    add_vs(rig, VsFlag.TRANSLATE_ADDR)
+    rig.send(1, client_tcp(TCP_SYN))
+    (q,) = rig.take_ssmb()
+    assert rig.send(1, client_tcp(TCP_ACK, seq=1001)) == []  # held with the SYN, not refused
+    rig.feed(rig.engine.ssmb_message(reply_for(q, new_dst_ipaddr="10.0.2.10"), rig.now))
+    assert [e.packet["tcp_flags"] for e in rig.wire if e.port == 2] == [TCP_SYN, TCP_ACK]
+    # a segment that overtook the entries (the fake switch has none to overtake: fed directly)
+    out = rig.engine.packet_in(1, client_tcp(TCP_ACK, seq=1002), rig.now)
+    assert len(out.openflow) == 1 and rig.engine.counters["packet_ins_after_offload"] == 1
+    assert rig.engine.counters["unknown_segment_refused"] == 0
+
+
+def test_udp_virtual_server_keeps_one_dispatch_entry() -> None:
+    rig = make_rig()
+    neighbours(rig)
+    add_vs(rig, VsFlag.TRANSLATE_ADDR, port=53, proto=17)
+    (entry,) = rig.switch.find(rules.make_cookie(rules.KIND_DISPATCH, 0, 0), rules.MASK_KIND)
+    assert "tcp_flags" not in entry.match
+    rig.send(1, build_udp(CLIENT_MAC, A1, CLIENT, VIP, 5353, 53, b"q"))
+    (q,) = rig.take_ssmb()
+    assert isinstance(q, ssmb.Query) and q.proto == 17
+
+
+def test_changing_a_virtual_server_class_replaces_its_dispatch_entries() -> None:
+    rig = make_rig()
+    neighbours(rig)
+    add_vs(rig, VsFlag.TRANSLATE_ADDR)
+    dispatch = rules.make_cookie(rules.KIND_DISPATCH, 0, 0)
+    assert len(rig.switch.find(dispatch, rules.MASK_KIND)) == 2
+    pool = csmb.encode_pool([csmb.PoolEntry("10.0.2.10", 80, 1)])
+    add_vs(rig, VsFlag.TRANSLATE_ADDR, cls=VsClass.DFS_ASSIST, app_data=pool)
+    (entry,) = rig.switch.find(dispatch, rules.MASK_KIND)
+    assert "tcp_flags" not in entry.match and rig.switch.groups
+    (out,) = rig.send(1, client_tcp(TCP_SYN))  # the pool answers in the switch, no QUERY
+    assert out.port == 2 and rig.take_ssmb() == []
+    add_vs(rig, VsFlag.TRANSLATE_ADDR)  # back to CS_ASSIST: group and member entries go
+    assert len(rig.switch.find(dispatch, rules.MASK_KIND)) == 2 and not rig.switch.groups
+    assert not rig.switch.find(rules.make_cookie(rules.KIND_POOL, 0, 0), rules.MASK_KIND)
+    rig.send(1, client_tcp(TCP_SYN, sport=40001))
+    assert [type(m) for m in rig.take_ssmb()] == [ssmb.Query]
+
+
+def test_switch_reconnect_rewrites_dispatch_entries_and_drops_stale_ones() -> None:
+    rig = make_rig()
+    neighbours(rig)
+    add_vs(rig, VsFlag.TRANSLATE_ADDR)
+    # an earlier incarnation's dispatch entry: another epoch, a VS index we do not use
+    stale = rules.vs_entries(rules.OF13, EPOCH + 1, 99, 6, "10.0.9.200", 80, False, False, None, True)
+    rig.switch.apply(stale)
+    rig.feed(rig.engine.switch_disconnected(1.0))
+    rig.feed(rig.engine.switch_connected(1.0))
+    entries = rig.switch.find(rules.make_cookie(rules.KIND_DISPATCH, 0, 0), rules.MASK_KIND)
+    assert len(entries) == 2 and all(rules.split_cookie(e.cookie).epoch == EPOCH for e in entries)
 
 
 def test_switch_reconnect_keeps_flows_adopts_old_epoch_and_drops_strays() -> None:
