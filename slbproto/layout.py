@@ -261,20 +261,33 @@ class Layout:
             out.append(ipv4_pack_expr(e) if f.ipv4 else e)
         return ", ".join(out)
 
+    def bad_condition(self, var: Callable[[Field], str | None]) -> str | None:
+        """One generated condition, true when any VALUE field is outside its allowed set.
+
+        ``var(field)`` is the expression holding the field's value (None to skip the field);
+        fields whose width already bounds them add nothing. None when nothing needs checking.
+        """
+        conditions = []
+        for f in self.value_fields():
+            expr = var(f) if f.role is Role.VALUE else None
+            bad = f.bad_expr(expr) if expr is not None else None
+            if bad is not None:
+                conditions.append(f"({bad})")
+        return " or ".join(conditions) or None
+
     def unpack_lines(
         self, var: Callable[[Field], str], struct_name: str, buf: str, off: str, indent: str, on_bad: str
     ) -> list[str]:
         """Generated lines unpacking this layout at ``buf[off:]`` into the variables ``var(field)``.
 
-        One condition covers every VALUE field whose allowed set is narrower than its width;
-        when it holds, the statement ``on_bad`` runs. ``struct_name`` names this layout's Struct.
+        Then, when any VALUE field is outside its allowed set, the statement ``on_bad`` runs.
+        ``struct_name`` names this layout's Struct in the generated namespace.
         """
         targets = ", ".join(var(f) for f in self.value_fields())
         lines = [f"{indent}({targets},) = {struct_name}.unpack_from({buf}, {off})"]
-        bad = [f.bad_expr(var(f)) for f in self.value_fields() if f.role is Role.VALUE]
-        conditions = [f"({b})" for b in bad if b is not None]
-        if conditions:
-            lines += [f"{indent}if {' or '.join(conditions)}:", f"{indent}    {on_bad}"]
+        bad = self.bad_condition(var)
+        if bad is not None:
+            lines += [f"{indent}if {bad}:", f"{indent}    {on_bad}"]
         return lines
 
     def check_lines(self, fields: Callable[[Field], str | None], raise_fmt: str, indent: str) -> str:

@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     with Lab(spec, run_dir=args.log_dir) as lab:
         print(f"*** {spec.name} is up; logs in {lab.run_dir}")
         if args.cli:
+            from mininet.log import setLogLevel
+
+            setLogLevel("output")  # the CLI prints node commands' output at this level
             make_cli(lab)(lab.net)
             return 0
         ok = smoke(lab)
