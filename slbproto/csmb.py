@@ -16,7 +16,7 @@ impossible anyway.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import ClassVar, Final
 
@@ -44,12 +44,16 @@ from slbproto.errors import (
     VsListOverrun,
 )
 from slbproto.layout import (
+    Field,
     Layout,
     Registry,
     Role,
     Tail,
+    compile_function,
+    construct_lines,
     format_value,
     ipv4,
+    ipv4_unpack_expr,
     pad,
     u8,
     u16,
@@ -422,8 +426,8 @@ def _header_values(msg: CsmbMessage) -> dict[str, object]:
     return {"serial_global": msg.serial_global, "serial_bytype": msg.serial_bytype, "error": msg.error}
 
 
-def encode_message(msg: CsmbMessage) -> bytes:
-    """The complete wire form of one CSMB message; UsageError if a field is out of range."""
+def _encode_reference(msg: CsmbMessage) -> bytes:
+    """encode_message, field by field: the authority the generated encoders defer to."""
     body = _encode_body(msg)
     length = CSMB_HEADER_LEN + len(body)
     if length > MAX_CSMB_LENGTH:
@@ -551,7 +555,8 @@ def _check_length(buf: BytesLike, off: int) -> int:
     return int(length)
 
 
-def _decode_framed(buf: BytesLike, off: int, end: int) -> CsmbMessage:
+def _decode_reference(buf: BytesLike, off: int, end: int) -> CsmbMessage:
+    """The framed message buf[off:end], field by field: the authority the generated decoders defer to."""
     sg, sb, _length, msg_type, error = _HEADER.unpack_from(buf, off)
     if REGISTRY.get(msg_type) is None:
         raise UnknownMessageType(f"CSMB msg_type {msg_type}", offset=off + 8)
@@ -562,6 +567,259 @@ def _decode_framed(buf: BytesLike, off: int, end: int) -> CsmbMessage:
 
 
 _CSMB_ERRORS: Final = frozenset(int(e) for e in CsmbError)
+
+
+# --- generated fast path -----------------------------------------------------------------------
+#
+# encode_message and the decoders run code generated at import time from the layouts above: one
+# Struct.pack or unpack_from over header and fixed body together, the checks of all fields folded
+# into one condition, objects built by slot stores (see layout.mutable_twin). Whenever that code
+# meets anything unusual (a value out of range, an unexpected length or type) it hands the same
+# input to the reference implementation above, which is authoritative: it raises the precise
+# error or, for rare valid input such as a VirtualServer subclass, returns the result itself.
+# ``slbproto.layout.generated_source(cls)`` shows the generated code.
+
+_WITH_VS: Final = Layout("CSMB header and VS definition", HEADER_FIELDS + VS_LAYOUT.fields)
+_WITH_AUTH: Final = Layout("HELLO with authentication", HELLO_LAYOUT.fields + HELLO_AUTH_LAYOUT.fields)
+_PADDING: Final = (b"", b"\0\0\0", b"\0\0", b"\0")  # indexed by len(app_data) & 3
+_FAILURES: Final = (struct.error, OSError, TypeError, ValueError, AttributeError)
+_SLOW_DECODE: Final = "return _slow(buf, off, end)"
+_VS_SIZE: Final = VS_LAYOUT.size
+
+
+def _namespace() -> dict[str, object]:
+    ns: dict[str, object] = {}
+    for layout in (_WITH_VS, _WITH_AUTH, STATUS_LAYOUT):
+        ns.update(layout.namespace())
+    ns.update(
+        _H=HEADER_LAYOUT.struct,
+        _V=VS_LAYOUT.struct,
+        _WV=_WITH_VS.struct,
+        _HELLO=HELLO_LAYOUT.struct,
+        _WA=_WITH_AUTH.struct,
+        _STATUS=STATUS_LAYOUT.struct,
+        _U16=_U16,
+        _PADDING=_PADDING,
+        _FAILURES=_FAILURES,
+        _VirtualServer=VirtualServer,
+    )
+    return ns
+
+
+def _pack(layout: Layout, struct_name: str, given: dict[str, str], obj: str = "m") -> str:
+    """``struct_name.pack(...)`` of layout: values from ``given`` or else attributes of obj."""
+    return f"{struct_name}.pack({layout.pack_args(lambda f: given.get(f.name, f'{obj}.{f.name}'))})"
+
+
+def _attr(obj: str) -> Callable[[Field], str]:
+    return lambda f: f"{obj}.{f.name}"
+
+
+def _vs_check_lines(indent: str, classified: bool) -> list[str]:
+    """Check vs (a VirtualServer) and bind data/n to its app_data and length."""
+    bad = VS_LAYOUT.bad_condition(_attr("vs"))
+    extra = " or not vs.vs_class" if classified else ""
+    return [
+        f"{indent}if type(vs) is not _VirtualServer:",
+        f"{indent}    raise TypeError",
+        f"{indent}data = vs.app_data",
+        f"{indent}n = len(data)",
+        f"{indent}if type(data) is not bytes or n > {MAX_APP_DATA_LEN} or {bad}{extra}:",
+        f"{indent}    raise ValueError",
+    ]
+
+
+def _header_given(cls: type[CsmbMessage], length: str) -> dict[str, str]:
+    return {"msg_length": length, "msg_type": str(int(cls.MSG_TYPE))}
+
+
+def _encoder_body(cls: type[CsmbMessage]) -> list[str]:
+    """Statements (indented for a try block) returning the wire form of m, an instance of cls."""
+    i = "        "
+    header_bad = HEADER_LAYOUT.bad_condition(_attr("m"))
+    lines = [f"{i}if {header_bad}:", f"{i}    raise ValueError"]
+    header_only = f"{i}return {_pack(HEADER_LAYOUT, '_H', _header_given(cls, str(CSMB_HEADER_LEN)))}"
+    with_vs = {
+        **_header_given(cls, f"{_WITH_VS.size} + n + (-n & 3)"),
+        **{name: f"m.{name}" for name in _header_values()},
+        "app_data_len": "n",
+    }
+    vs_pack = f"{i}return {_pack(_WITH_VS, '_WV', with_vs, 'vs')} + data + _PADDING[n & 3]"
+    if cls in (Reset, Ack):
+        return lines + [header_only]
+    if cls is Status:
+        return lines + [f"{i}return {_pack(STATUS_LAYOUT, '_STATUS', _header_given(cls, str(STATUS_LAYOUT.size)))}"]
+    if cls in (AddVs, DeleteVs):
+        return lines + [f"{i}vs = m.vs", *_vs_check_lines(i, cls is AddVs), vs_pack]
+    if cls is QueryVs:
+        return lines + [f"{i}vs = m.vs", f"{i}if vs is None:", "    " + header_only, *_vs_check_lines(i, False), vs_pack]
+    if cls is VsList:
+        return lines + [
+            f"{i}body = b''.join([_vs_part(vs) for vs in m.servers])",
+            f"{i}length = {CSMB_HEADER_LEN} + len(body)",
+            f"{i}if length > {MAX_CSMB_LENGTH}:",
+            f"{i}    raise ValueError",
+            f"{i}return {_pack(HEADER_LAYOUT, '_H', _header_given(cls, 'length'))} + body",
+        ]
+    assert cls is Hello
+    hello_bad = HELLO_LAYOUT.bad_condition(_attr("m"))
+    with_auth = {**_header_given(cls, f"{_WITH_AUTH.size} + n"), "auth_data_len": "n"}
+    return [
+        f"{i}if {hello_bad}:",
+        f"{i}    raise ValueError",
+        f"{i}auth = m.auth_data",
+        f"{i}if auth is None:",
+        f"{i}    return {_pack(HELLO_LAYOUT, '_HELLO', _header_given(cls, str(HELLO_LAYOUT.size)))}",
+        f"{i}n = len(auth)",
+        f"{i}if type(auth) is not bytes or n > {MAX_AUTH_DATA_LEN}:",
+        f"{i}    raise ValueError",
+        f"{i}return {_pack(_WITH_AUTH, '_WA', with_auth)} + auth",
+    ]
+
+
+def _generate_encoder(cls: type[CsmbMessage], ns: dict[str, object]) -> Callable[[CsmbMessage], bytes]:
+    name = f"encode_{cls.__name__}"
+    lines = [f"def {name}(m):", "    try:", *_encoder_body(cls), "    except _FAILURES:", "        return _slow(m)"]
+    return compile_function("\n".join(lines) + "\n", {**ns, "_slow": _encode_reference}, name, cls)
+
+
+def _generate_vs_part(ns: dict[str, object]) -> Callable[[VirtualServer], bytes]:
+    """One classified VS definition of a VS_LIST (its errors propagate to encode_VsList)."""
+    lines = [
+        "def _vs_part(vs):",
+        *_vs_check_lines("    ", True),
+        f"    return {_pack(VS_LAYOUT, '_V', {'app_data_len': 'n'}, 'vs')} + data + _PADDING[n & 3]",
+    ]
+    return compile_function("\n".join(lines) + "\n", dict(ns), "_vs_part", VirtualServer)
+
+
+def _local(f: Field) -> str:
+    return f.name
+
+
+def _header_values() -> dict[str, str]:
+    return {"serial_global": "serial_global", "serial_bytype": "serial_bytype", "error": "error"}
+
+
+def _vs_lines(unpack: list[str], start: str, indent: str, ns: dict[str, object], last: bool, classified: bool) -> list[str]:
+    """After ``unpack`` bound the VS fields, check the definition starting at ``start`` and build vs.
+
+    Sets stop to the offset after its padding, which must be end when it is the ``last`` part.
+    """
+    bad = " or not vs_class" if classified else ""
+    lines = [
+        *unpack,
+        f"{indent}data_end = {start} + {_VS_SIZE} + app_data_len",
+        f"{indent}stop = data_end + (-app_data_len & 3)",
+        f"{indent}if app_data_len > {MAX_APP_DATA_LEN} or stop {'!=' if last else '>'} end{bad}:",
+        f"{indent}    {_SLOW_DECODE}",
+    ]
+    values = {
+        f.name: ipv4_unpack_expr(f.name) if f.ipv4 else f.name
+        for f in VS_LAYOUT.value_fields()
+        if f.role is Role.VALUE
+    }
+    values["app_data"] = f"bytes(buf[{start} + {_VS_SIZE}:data_end])"
+    return lines + construct_lines(VirtualServer, "vs", values, indent, ns)
+
+
+def _decoder_body(cls: type[CsmbMessage], ns: dict[str, object]) -> list[str]:
+    """Statements decoding buf[off:end] (msg_length already checked) into cls, result in o."""
+    i = "    "
+    header = HEADER_LAYOUT.unpack_lines(_local, "_H", "buf", "off", i, _SLOW_DECODE)
+    given = _header_values()
+
+    def build(extra: dict[str, str], indent: str = i) -> list[str]:
+        return construct_lines(cls, "o", {**extra, **given}, indent, ns)
+
+    def exact(size: int) -> list[str]:
+        return [f"{i}if end - off != {size}:", f"{i}    {_SLOW_DECODE}"]
+
+    if cls in (Reset, Ack):
+        return exact(CSMB_HEADER_LEN) + header + build({})
+    if cls is Status:
+        fixed = STATUS_LAYOUT.unpack_lines(_local, "_STATUS", "buf", "off", i, _SLOW_DECODE)
+        return exact(STATUS_LAYOUT.size) + fixed + build({"status": "status"})
+    if cls in (AddVs, DeleteVs, QueryVs):
+        lines = [f"{i}if end - off < {_WITH_VS.size}:", f"{i}    {_SLOW_DECODE}"]
+        if cls is QueryVs:
+            inner = i + "    "
+            lines = [
+                f"{i}if end - off == {CSMB_HEADER_LEN}:",
+                *HEADER_LAYOUT.unpack_lines(_local, "_H", "buf", "off", inner, _SLOW_DECODE),
+                *build({"vs": "None"}, inner),
+                f"{inner}return o",
+                *lines,
+            ]
+        unpack = _WITH_VS.unpack_lines(_local, "_WV", "buf", "off", i, _SLOW_DECODE)
+        lines += _vs_lines(unpack, f"off + {CSMB_HEADER_LEN}", i, ns, True, cls is AddVs)
+        return lines + build({"vs": "vs"})
+    if cls is VsList:
+        return header + [
+            "    servers = []",
+            f"    p = off + {CSMB_HEADER_LEN}",
+            "    while p < end:",
+            f"        if end - p < {_VS_SIZE}:",
+            f"            {_SLOW_DECODE}",
+            *_vs_lines(
+                VS_LAYOUT.unpack_lines(_local, "_V", "buf", "p", "        ", _SLOW_DECODE), "p", "        ", ns, False, True
+            ),
+            "        servers.append(vs)",
+            "        p = stop",
+            *build({"servers": "tuple(servers)"}),
+        ]
+    assert cls is Hello
+    hello = {
+        f.name: ipv4_unpack_expr(f.name) if f.ipv4 else f.name
+        for f in HELLO_LAYOUT.value_fields()
+        if f.role is Role.VALUE and f.name not in given
+    }
+    auth_off = f"off + {HELLO_LAYOUT.size}"
+    return [
+        f"{i}size = end - off",
+        f"{i}if size < {HELLO_LAYOUT.size}:",
+        f"{i}    {_SLOW_DECODE}",
+        *HELLO_LAYOUT.unpack_lines(_local, "_HELLO", "buf", "off", i, _SLOW_DECODE),
+        f"{i}if size == {HELLO_LAYOUT.size}:",
+        f"{i}    auth = None",
+        "    else:",
+        f"{i}    if size < {_WITH_AUTH.size}:",
+        f"{i}        {_SLOW_DECODE}",
+        f"{i}    (n,) = _U16.unpack_from(buf, {auth_off})",
+        f"{i}    if n > {MAX_AUTH_DATA_LEN} or n != size - {_WITH_AUTH.size}:",
+        f"{i}        {_SLOW_DECODE}",
+        f"{i}    auth = bytes(buf[off + {_WITH_AUTH.size}:end])",
+        *build({**hello, "auth_data": "auth"}),
+    ]
+
+
+def _generate_decoder(cls: type[CsmbMessage], ns: dict[str, object]) -> Callable[[BytesLike, int, int], CsmbMessage]:
+    name = f"decode_{cls.__name__}"
+    ns = {**ns, "_slow": _decode_reference}
+    lines = [f"def {name}(buf, off, end):", *_decoder_body(cls, ns), "    return o"]
+    return compile_function("\n".join(lines) + "\n", ns, name, cls)
+
+
+_NS: Final = _namespace()
+_NS["_vs_part"] = _generate_vs_part(_NS)
+_ENCODERS: Final = {cls: _generate_encoder(cls, _NS) for _, cls in REGISTRY}
+_DECODERS: Final = {code: _generate_decoder(cls, _NS) for code, cls in REGISTRY}
+
+
+def encode_message(msg: CsmbMessage) -> bytes:
+    """The complete wire form of one CSMB message; UsageError if a field is out of range."""
+    encoder = _ENCODERS.get(type(msg))
+    if encoder is None:
+        return _encode_reference(msg)  # a subclass, or not a message: the reference decides
+    return encoder(msg)
+
+
+def _decode_framed(buf: BytesLike, off: int, end: int) -> CsmbMessage:
+    """The message buf[off:end] whose msg_length the caller has checked."""
+    decoder = _DECODERS.get(buf[off + 8])
+    if decoder is None:
+        return _decode_reference(buf, off, end)  # raises UnknownMessageType
+    return decoder(buf, off, end)
 
 
 class StreamDecoder:

@@ -634,3 +634,20 @@ def test_probes_against_local_servers(backends: tuple[HealthServer, HealthServer
     assert "HTTP 503" in results[3][1]
     assert "not an HTTP status line" in results[4][1]
     assert "timeout" in results[5][1]
+
+
+def test_bench_dfs_peers_level_drives_the_daemon(tmp_path: Path) -> None:
+    """One point of the QUERY-rate curve: 3 DFS peers with CSMB sessions, the daemon's counts agree."""
+    from bench.bench_cs import bench_dfs_peers
+
+    levels = bench_dfs_peers([3], window=2, seconds=0.4, max_messages=20_000)
+    udp = levels["3"]["udp"]
+    cs, echo = udp["cs"], udp["echo"]
+    assert cs["daemon"]["dfs_registered"] == 3
+    assert cs["round_trips"] > 0 and echo["round_trips"] > 0
+    assert cs["lost"] == 0 and cs["unmatched"] == 0
+    # every answer counted was a REPLY the daemon says it sent; warm-up traffic makes it send more
+    assert cs["daemon"]["reply_ok"] >= cs["round_trips"]
+    assert cs["round_trips"] <= cs["daemon"]["rx_query"] <= cs["sent"]
+    assert cs["per_peer_min"] > 0, "each peer got answers"
+    assert udp["ratio_cs_to_echo"] == round(cs["per_second"] / echo["per_second"], 3)
