@@ -385,6 +385,8 @@ def encode_vs(vs: VirtualServer) -> bytes:
 
 
 def _require_class(vs: VirtualServer, where: str) -> None:
+    if not isinstance(vs, VirtualServer):
+        raise UsageError(f"{where}: expected VirtualServer, got {type(vs).__name__}")
     if vs.vs_class not in (VsClass.CS_ASSIST, VsClass.DFS_ASSIST):
         raise UsageError(f"{where}: vs_class must be CS_ASSIST or DFS_ASSIST, not {vs.vs_class}")
 
@@ -585,6 +587,7 @@ _PADDING: Final = (b"", b"\0\0\0", b"\0\0", b"\0")  # indexed by len(app_data) &
 _FAILURES: Final = (struct.error, OSError, TypeError, ValueError, AttributeError)
 _SLOW_DECODE: Final = "return _slow(buf, off, end)"
 _VS_SIZE: Final = VS_LAYOUT.size
+_HEADER_LOCALS: Final = {"serial_global": "serial_global", "serial_bytype": "serial_bytype", "error": "error"}
 
 
 def _namespace() -> dict[str, object]:
@@ -641,7 +644,7 @@ def _encoder_body(cls: type[CsmbMessage]) -> list[str]:
     header_only = f"{i}return {_pack(HEADER_LAYOUT, '_H', _header_given(cls, str(CSMB_HEADER_LEN)))}"
     with_vs = {
         **_header_given(cls, f"{_WITH_VS.size} + n + (-n & 3)"),
-        **{name: f"m.{name}" for name in _header_values()},
+        **{name: f"m.{name}" for name in _HEADER_LOCALS},
         "app_data_len": "n",
     }
     vs_pack = f"{i}return {_pack(_WITH_VS, '_WV', with_vs, 'vs')} + data + _PADDING[n & 3]"
@@ -697,10 +700,6 @@ def _local(f: Field) -> str:
     return f.name
 
 
-def _header_values() -> dict[str, str]:
-    return {"serial_global": "serial_global", "serial_bytype": "serial_bytype", "error": "error"}
-
-
 def _vs_lines(unpack: list[str], start: str, indent: str, ns: dict[str, object], last: bool, classified: bool) -> list[str]:
     """After ``unpack`` bound the VS fields, check the definition starting at ``start`` and build vs.
 
@@ -727,7 +726,7 @@ def _decoder_body(cls: type[CsmbMessage], ns: dict[str, object]) -> list[str]:
     """Statements decoding buf[off:end] (msg_length already checked) into cls, result in o."""
     i = "    "
     header = HEADER_LAYOUT.unpack_lines(_local, "_H", "buf", "off", i, _SLOW_DECODE)
-    given = _header_values()
+    given = _HEADER_LOCALS
 
     def build(extra: dict[str, str], indent: str = i) -> list[str]:
         return construct_lines(cls, "o", {**extra, **given}, indent, ns)
@@ -849,13 +848,20 @@ class StreamDecoder:
         buf += data
         out: list[CsmbMessage] = []
         off = 0
+        size = len(buf)
+        unpack_length = _U32.unpack_from
+        decoders = _DECODERS
         try:
-            while len(buf) - off >= CSMB_HEADER_LEN:
-                length = _check_length(buf, off)
-                if len(buf) - off < length:
+            while size - off >= CSMB_HEADER_LEN:
+                (length,) = unpack_length(buf, off + 4)
+                if not CSMB_HEADER_LEN <= length <= MAX_CSMB_LENGTH:
+                    _check_length(buf, off)  # raises the precise framing error
+                end = off + length
+                if end > size:
                     break
-                out.append(_decode_framed(buf, off, off + length))
-                off += length
+                decoder = decoders.get(buf[off + 8])
+                out.append(decoder(buf, off, end) if decoder else _decode_reference(buf, off, end))
+                off = end
         except ProtocolError as exc:
             self.failed = exc
             self._buf = bytearray()

@@ -63,6 +63,17 @@ while True:
     threading.Thread(target=handle, args=(c,), daemon=True).start()
 """
 
+# Runs in the client namespace: send a bare ACK of no connection to VIP:port; print the flags of
+# the answer ("RST" when the load balancer refused it, "NONE" when nothing came back).
+RST_PROBE = r"""
+import logging, sys
+logging.getLogger("scapy").setLevel(logging.ERROR)
+from scapy.all import IP, TCP, conf, sr1
+conf.verb = 0
+ans = sr1(IP(dst=sys.argv[1]) / TCP(sport=47123, dport=int(sys.argv[2]), flags="A", seq=1, ack=1), timeout=3)
+print("NONE" if ans is None else ("RST" if ans[TCP].flags & 0x04 else str(ans[TCP].flags)))
+"""
+
 # Runs in the client namespace: open N connections, send R rounds of lines on each, print JSON
 # with the server identity every answer named (or the error each connection hit).
 ECHO_CLIENT = r"""
@@ -584,6 +595,32 @@ def test_http_through_vip_is_offloaded_and_counted(make_bed: Callable[[BedSpec],
     # reads them; the server retransmits, so it may have sent more than the switch forwarded.
     assert server_sent[0] >= client_got[0] and server_sent[1] >= client_got[1]
     assert not st1["errors"], st1["errors"]
+
+
+def test_only_the_opening_syn_reaches_the_dfs(make_bed: Callable[[BedSpec], DfsBed]) -> None:
+    """The SYN's cached datapath megaflow carries the TCP flags, so the handshake ACK is not sent up."""
+    bed = make_bed(BedSpec(web=True))
+    assert curl(f"http://{VIP}/").returncode == 0  # warm-up: ARP for the client and the server
+    flows = sh("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", BRIDGE)
+    assert "tcp_flags=+syn-ack" in flows, flows
+    st0 = bed.status()
+    for _ in range(10):
+        res = curl(f"http://{VIP}/")
+        assert res.returncode == 0, f"curl exit {res.returncode}\n{bed.diagnostics()}"
+    st1 = bed.status()
+
+    def delta(key: str) -> int:
+        return int(st1["counters"].get(key, 0)) - int(st0["counters"].get(key, 0))
+
+    assert delta("flows_offloaded") == 10, bed.diagnostics()
+    assert delta("packet_ins_after_offload") == 0, bed.diagnostics()
+    assert delta("unknown_segment_refused") == 0, bed.diagnostics()
+    # a segment of a connection nobody knows is answered with a RST, without asking the CS
+    queries = len(bed.cs.queries)
+    probe = ns(NS_C, sys.executable, "-c", RST_PROBE, VIP, "80")
+    assert "RST" in probe, probe
+    wait_for(lambda: bed.status()["counters"].get("unknown_segment_refused", 0) >= 1, 5, "refusal")
+    assert len(bed.cs.queries) == queries
 
 
 def test_switch_reconnect_and_daemon_restart_keep_a_live_connection(
