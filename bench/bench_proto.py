@@ -218,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="slbproto encode/decode benchmark")
     parser.add_argument("--quick", action="store_true", help="about one second in total (CI)")
     parser.add_argument("--json", type=Path, help="write results as JSON to this path")
-    parser.add_argument("--rounds", type=int, default=0, help="interleaved rounds per case (default 3, quick 2)")
+    parser.add_argument(
+        "--rounds", type=int, default=0, help="interleaved rounds per case (default 3, quick 2)"
+    )
     args = parser.parse_args(argv)
     rounds = args.rounds or (2 if args.quick else 3)
     cases = len(SSMB_CASES) + 1 + len(CSMB_CASES)

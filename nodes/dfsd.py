@@ -135,6 +135,7 @@ class UnixRelay:
                 LOG.warning("relay cannot reach the OpenFlow listener: %s", exc)
                 conn.close()
                 continue
+            upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             upstream.settimeout(None)
             conn.settimeout(None)
             for a, b in ((conn, upstream), (upstream, conn)):

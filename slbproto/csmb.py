@@ -649,15 +649,26 @@ def _encoder_body(cls: type[CsmbMessage]) -> list[str]:
     }
     vs_pack = f"{i}return {_pack(_WITH_VS, '_WV', with_vs, 'vs')} + data + _PADDING[n & 3]"
     if cls in (Reset, Ack):
-        return lines + [header_only]
+        return [*lines, header_only]
     if cls is Status:
-        return lines + [f"{i}return {_pack(STATUS_LAYOUT, '_STATUS', _header_given(cls, str(STATUS_LAYOUT.size)))}"]
+        return [
+            *lines,
+            f"{i}return {_pack(STATUS_LAYOUT, '_STATUS', _header_given(cls, str(STATUS_LAYOUT.size)))}",
+        ]
     if cls in (AddVs, DeleteVs):
-        return lines + [f"{i}vs = m.vs", *_vs_check_lines(i, cls is AddVs), vs_pack]
+        return [*lines, f"{i}vs = m.vs", *_vs_check_lines(i, cls is AddVs), vs_pack]
     if cls is QueryVs:
-        return lines + [f"{i}vs = m.vs", f"{i}if vs is None:", "    " + header_only, *_vs_check_lines(i, False), vs_pack]
+        return [
+            *lines,
+            f"{i}vs = m.vs",
+            f"{i}if vs is None:",
+            "    " + header_only,
+            *_vs_check_lines(i, False),
+            vs_pack,
+        ]
     if cls is VsList:
-        return lines + [
+        return [
+            *lines,
             f"{i}body = b''.join([_vs_part(vs) for vs in m.servers])",
             f"{i}length = {CSMB_HEADER_LEN} + len(body)",
             f"{i}if length > {MAX_CSMB_LENGTH}:",
@@ -682,7 +693,13 @@ def _encoder_body(cls: type[CsmbMessage]) -> list[str]:
 
 def _generate_encoder(cls: type[CsmbMessage], ns: dict[str, object]) -> Callable[[CsmbMessage], bytes]:
     name = f"encode_{cls.__name__}"
-    lines = [f"def {name}(m):", "    try:", *_encoder_body(cls), "    except _FAILURES:", "        return _slow(m)"]
+    lines = [
+        f"def {name}(m):",
+        "    try:",
+        *_encoder_body(cls),
+        "    except _FAILURES:",
+        "        return _slow(m)",
+    ]
     return compile_function("\n".join(lines) + "\n", {**ns, "_slow": _encode_reference}, name, cls)
 
 
@@ -700,7 +717,9 @@ def _local(f: Field) -> str:
     return f.name
 
 
-def _vs_lines(unpack: list[str], start: str, indent: str, ns: dict[str, object], last: bool, classified: bool) -> list[str]:
+def _vs_lines(
+    unpack: list[str], start: str, indent: str, ns: dict[str, object], last: bool, classified: bool
+) -> list[str]:
     """After ``unpack`` bound the VS fields, check the definition starting at ``start`` and build vs.
 
     Sets stop to the offset after its padding, which must be end when it is the ``last`` part.
@@ -754,14 +773,20 @@ def _decoder_body(cls: type[CsmbMessage], ns: dict[str, object]) -> list[str]:
         lines += _vs_lines(unpack, f"off + {CSMB_HEADER_LEN}", i, ns, True, cls is AddVs)
         return lines + build({"vs": "vs"})
     if cls is VsList:
-        return header + [
+        return [
+            *header,
             "    servers = []",
             f"    p = off + {CSMB_HEADER_LEN}",
             "    while p < end:",
             f"        if end - p < {_VS_SIZE}:",
             f"            {_SLOW_DECODE}",
             *_vs_lines(
-                VS_LAYOUT.unpack_lines(_local, "_V", "buf", "p", "        ", _SLOW_DECODE), "p", "        ", ns, False, True
+                VS_LAYOUT.unpack_lines(_local, "_V", "buf", "p", "        ", _SLOW_DECODE),
+                "p",
+                "        ",
+                ns,
+                False,
+                True,
             ),
             "        servers.append(vs)",
             "        p = stop",
@@ -792,7 +817,9 @@ def _decoder_body(cls: type[CsmbMessage], ns: dict[str, object]) -> list[str]:
     ]
 
 
-def _generate_decoder(cls: type[CsmbMessage], ns: dict[str, object]) -> Callable[[BytesLike, int, int], CsmbMessage]:
+def _generate_decoder(
+    cls: type[CsmbMessage], ns: dict[str, object]
+) -> Callable[[BytesLike, int, int], CsmbMessage]:
     name = f"decode_{cls.__name__}"
     ns = {**ns, "_slow": _decode_reference}
     lines = [f"def {name}(buf, off, end):", *_decoder_body(cls, ns), "    return o"]

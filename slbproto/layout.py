@@ -290,22 +290,6 @@ class Layout:
             lines += [f"{indent}if {bad}:", f"{indent}    {on_bad}"]
         return lines
 
-    def check_lines(self, fields: Callable[[Field], str | None], raise_fmt: str, indent: str) -> str:
-        """Lines raising when a value is outside its allowed set.
-
-        ``fields(f)`` names the variable holding f's value (None to skip it); ``raise_fmt`` is a
-        statement template with ``{f}`` (field index in ``self.fields``) and ``{v}`` (variable).
-        """
-        lines = []
-        for index, f in enumerate(self.fields):
-            var = fields(f)
-            if var is None:
-                continue
-            bad = f.bad_expr(var)
-            if bad is not None:
-                lines.append(f"{indent}if {bad}:\n{indent}    " + raise_fmt.format(f=index, v=var))
-        return "\n".join(lines)
-
     def encode(self, values: dict[str, Any], label: str | None = None) -> bytes:
         """Pack a dict of field values (IPv4 as str); UsageError naming a bad field."""
         try:

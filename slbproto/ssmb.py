@@ -370,10 +370,10 @@ def _generate(cls: type[SsmbMessage]) -> tuple[PackFn, UnpackFn]:
     def checked_var(f: Field) -> str | None:
         return f"m.{f.name}" if f.role is Role.VALUE else None
 
-    checks = layout.check_lines(checked_var, "raise ValueError", "        ")
+    bad = layout.bad_condition(checked_var)
     src = [f"def pack_{name}(m, count, sg, sb):", "    try:"]
-    if checks:
-        src.append(checks)
+    if bad is not None:
+        src += [f"        if {bad}:", "            raise ValueError"]
     if tail is None:
         src.append(f"        return _S.pack({layout.pack_args(pack_expr)})")
     else:

@@ -21,7 +21,9 @@ ip = st.tuples(u8, u8, u8, u8).map(lambda t: ".".join(map(str, t)))
 
 # Values a caller might wrongly put in a field: out of range, wrong type, malformed address.
 wrong_int = st.sampled_from([-1, 1 << 16, 1 << 32, 1 << 64, 1.5, "1", None, True])
-wrong_ip = st.sampled_from(["1", "1.2.3", "01.2.3.4", "1.2.3.256", "0x1.2.3.4", "", b"1.2.3.4", 16909060, None])
+wrong_ip = st.sampled_from(
+    ["1", "1.2.3", "01.2.3.4", "1.2.3.256", "0x1.2.3.4", "", b"1.2.3.4", 16909060, None]
+)
 
 
 def maybe(good: st.SearchStrategy[object], bad: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
@@ -150,7 +152,9 @@ def test_generated_source_is_inspectable() -> None:
 # --- the IPv4 memo ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", ["1", "1.2.3", "01.2.3.4", "1.2.3.256", " 1.2.3.4", "1.2.3.4 ", b"1.2.3.4", 1])
+@pytest.mark.parametrize(
+    "bad", ["1", "1.2.3", "01.2.3.4", "1.2.3.256", " 1.2.3.4", "1.2.3.4 ", b"1.2.3.4", 1]
+)
 def test_memo_never_admits_a_malformed_address(bad: object) -> None:
     good = ssmb.Query("1.2.3.4", "1.2.3.4", 1, 2)
     ssmb.encode_datagram([good])  # memoises "1.2.3.4"
