@@ -3,8 +3,9 @@
 One process, several threads around one :class:`controller.app.DfsRuntime`:
 
 * os-ken (native-thread hub) listens for the switch on 127.0.0.1 and runs :class:`DfsApp`;
-  optionally a relay accepts OVS on a unix socket (``/var/run/openvswitch/<name>.sock``) and
-  pipes it to that TCP port, which is how a switch reaches a controller in another namespace;
+  optionally OVS connects on a unix socket (``/var/run/openvswitch/<name>.sock``) instead, which
+  is how a switch reaches a controller in another namespace; that connection is handed straight
+  to os-ken (:class:`UnixOpenFlowListener`);
 * the SSMB thread receives UDP from the CS (duplicates dropped by :class:`SsmbReceiver`);
 * the CSMB thread keeps a TCP connection to the CS, reconnecting with backoff;
 * the timer thread ticks the engine (QUERY/ARP retries) and flushes SSMB batches;
@@ -108,11 +109,18 @@ class Buses:
                 self.counters["csmb_dropped"] += 1
 
 
-class UnixRelay:
-    """Accepts OVS on a unix socket and pipes each connection to the TCP OpenFlow listener."""
+class UnixOpenFlowListener:
+    """Accepts OVS on a unix socket and hands each connection straight to os-ken as a switch.
 
-    def __init__(self, path: str, port: int, stop: threading.Event) -> None:
-        self.path, self.port, self.stop = path, port, stop
+    A unix socket is how a switch reaches a controller in another network namespace. Each
+    accepted connection runs os-ken's own per-switch loop in place, with no relay to its TCP
+    listener: no copy through extra threads and sockets for each OpenFlow message. The
+    connection is an :class:`controller.app.OpenFlowStream`, which the DFS writes to directly.
+    """
+
+    def __init__(self, path: str, stop: threading.Event) -> None:
+        self.path, self.stop = path, stop
+        self.accepted = 0
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -122,6 +130,11 @@ class UnixRelay:
 
     def serve(self) -> None:
         """Accept until stopped."""
+        from os_ken.controller.controller import datapath_connection_factory
+        from os_ken.lib import hub
+
+        from controller.app import OpenFlowStream
+
         while not self.stop.is_set():
             try:
                 conn, _ = self.sock.accept()
@@ -129,33 +142,10 @@ class UnixRelay:
                 continue
             except OSError:
                 return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.port), timeout=2)
-            except OSError as exc:
-                LOG.warning("relay cannot reach the OpenFlow listener: %s", exc)
-                conn.close()
-                continue
-            upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            upstream.settimeout(None)
-            conn.settimeout(None)
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                s.close()
+            stream = OpenFlowStream(fileno=conn.detach())
+            stream.settimeout(None)
+            self.accepted += 1
+            hub.spawn(datapath_connection_factory, stream, self.path)
 
     def close(self) -> None:
         """Stop accepting and remove the socket file."""
@@ -414,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime = DfsRuntime(engine, buses.send_ssmb, buses.send_csmb, forget_ssmb=buses.forget_ssmb)
     DfsApp.runtime = runtime
     start_osken(cfg.openflow_port)
-    relay = UnixRelay(cfg.unix_socket, cfg.openflow_port, stop) if cfg.unix_socket else None
+    unix_listener = UnixOpenFlowListener(cfg.unix_socket, stop) if cfg.unix_socket else None
     status = make_status_server(runtime, buses, cfg.status_port, routes)
     threads = [
         threading.Thread(target=ssmb_loop, args=(buses, runtime), name="ssmb", daemon=True),
@@ -422,8 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         threading.Thread(target=timer_loop, args=(buses, runtime), name="timer", daemon=True),
         threading.Thread(target=status.serve_forever, name="status", daemon=True),
     ]
-    if relay is not None:
-        threads.append(threading.Thread(target=relay.serve, name="relay", daemon=True))
+    if unix_listener is not None:
+        threads.append(threading.Thread(target=unix_listener.serve, name="openflow-unix", daemon=True))
     if routes is not None:
         threads.append(
             threading.Thread(
@@ -441,15 +431,15 @@ def main(argv: list[str] | None = None) -> int:
     ssmb_ip, ssmb_port = buses.ssmb_address
     print(
         f"READY dfsd name={cfg.name} epoch={epoch} openflow=127.0.0.1:{cfg.openflow_port}"
-        f"{' unix=' + cfg.unix_socket if relay else ''} ssmb={ssmb_ip}:{ssmb_port}"
+        f"{' unix=' + cfg.unix_socket if unix_listener else ''} ssmb={ssmb_ip}:{ssmb_port}"
         f" status=http://127.0.0.1:{status.server_address[1]}",
         flush=True,
     )
     stop.wait()
     LOG.info("stopping")
     status.shutdown()
-    if relay is not None:
-        relay.close()
+    if unix_listener is not None:
+        unix_listener.close()
     with contextlib.suppress(OSError):
         buses.udp.close()
     sys.stdout.flush()

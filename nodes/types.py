@@ -196,8 +196,8 @@ class DFSNode(SlbNode):
         if check.returncode != 0:
             raise DaemonError(f"{self.name}: configuration refused:\n{check.stdout}{check.stderr}")
         d = self.start_daemon("dfsd", [PY, "-m", "nodes.dfsd", str(self.config_path)], run_dir, remember)
-        # OVS reaches a controller in another namespace only through a unix socket; the daemon
-        # listens on it and relays to its own 127.0.0.1 OpenFlow port.
+        # OVS reaches a controller in another namespace only through a unix socket under
+        # /var/run/openvswitch; the daemon accepts OVS on that socket itself.
         self.controller_target = f"unix:{config['openflow']['unix_socket']}"
         subprocess.run(
             ["ovs-vsctl", "--timeout=5", "set-controller", self.switch_name, self.controller_target],

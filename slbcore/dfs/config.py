@@ -7,6 +7,7 @@ the switch or the buses.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import tomllib
@@ -36,9 +37,9 @@ class Interface:
     mac: str
     name: str = ""
 
-    @property
+    @functools.cached_property
     def network(self) -> ipaddress.IPv4Network:
-        """The connected subnet of this interface."""
+        """The connected subnet of this interface (computed once: every new flow asks)."""
         return ipaddress.IPv4Network(f"{self.ipaddr}/{self.prefixlen}", strict=False)
 
 

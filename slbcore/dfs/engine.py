@@ -267,6 +267,9 @@ class DfsEngine:
         self.flows_by_ft: dict[FiveTuple, int] = {}
         self.flows_by_server_ft: dict[FiveTuple, int] = {}
         self.learned: dict[tuple[int, int, str, int], LearnedEnd] = {}
+        # Flows waiting for their partner entry's removal; the timer scans only these, not
+        # every offloaded flow.
+        self.closing: dict[int, Flow] = {}
         self.reaps: dict[int, ReapWait] = {}
         self.routed: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self.route_waits: dict[str, RouteWait] = {}
@@ -516,14 +519,7 @@ class DfsEngine:
         return Output(openflow=[self._release(in_port, data, f.ft.proto, f.fwd_rewrite)])
 
     def _release(self, in_port: int, data: bytes, proto: int, rw: Rewrite) -> Any:
-        dp, ofp, p = self.dp, self.dp.ofproto, self.dp.ofproto_parser
-        return p.OFPPacketOut(
-            dp,
-            buffer_id=ofp.OFP_NO_BUFFER,
-            in_port=in_port,
-            actions=rules.rewrite_actions(dp, proto, rw),
-            data=data,
-        )
+        return rules.rewrite_packet_out(self.dp, in_port, proto, rw, data)
 
     def _reject(self, in_port: int, frame: Frame, error: int) -> Output:
         """Refuse a flow toward the client: TCP RST, or ICMP unreachable for UDP."""
@@ -985,6 +981,7 @@ class DfsEngine:
         for p in list(self.pending.values()):
             self._drop_pending(p)
         self.flows.clear()
+        self.closing.clear()
         self.flows_by_ft.clear()
         self.flows_by_server_ft.clear()
         self.learned.clear()
@@ -1015,6 +1012,7 @@ class DfsEngine:
         if f.closing_deadline is None:
             # One direction went idle; take the other out too so the DELETE carries both counts.
             f.closing_deadline = now + self.cfg.timeouts.partner
+            self.closing[f.flow_id] = f
             partner_kind = rules.KIND_REV if parts.kind == rules.KIND_FWD else rules.KIND_FWD
             cookie = f.rev_cookie if partner_kind == rules.KIND_REV else f.fwd_cookie
             ft = f.server_ft if partner_kind == rules.KIND_REV else f.ft
@@ -1023,6 +1021,7 @@ class DfsEngine:
 
     def _forget_flow(self, f: Flow) -> None:
         self.flows.pop(f.flow_id, None)
+        self.closing.pop(f.flow_id, None)
         if self.flows_by_ft.get(f.ft) == f.flow_id:
             del self.flows_by_ft[f.ft]
         if self.flows_by_server_ft.get(f.server_ft) == f.flow_id:
@@ -1223,7 +1222,7 @@ class DfsEngine:
             w.next_at = now + t.arp
             out.openflow.append(self._arp_request(w.intf, ipaddr))
         for f in [
-            f for f in self.flows.values() if f.closing_deadline is not None and now >= f.closing_deadline
+            f for f in self.closing.values() if f.closing_deadline is not None and now >= f.closing_deadline
         ]:
             self._error("partner_removal_timeout")
             out.extend(self._finish_flow(f))

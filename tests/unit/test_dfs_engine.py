@@ -8,7 +8,7 @@ import pytest
 
 from slbcore.dfs import rules
 from slbcore.dfs.config import parse_config
-from slbcore.dfs.engine import DfsEngine
+from slbcore.dfs.engine import DfsEngine, FlowEntryStats
 from slbcore.dfs.packets import (
     ARP_REPLY,
     ARP_REQUEST,
@@ -426,6 +426,25 @@ def test_one_idle_direction_takes_the_other_out() -> None:
     (msg,) = rig.take_ssmb()
     assert isinstance(msg, ssmb.Delete) and msg.inbound_pkts == 1 and msg.outbound_pkts == 1
     assert not rig.switch.find(rules.make_cookie(rules.KIND_PER_FLOW, 0, 0), rules.MASK_PER_FLOW)
+
+
+def test_lost_partner_removal_still_reports_the_flow() -> None:
+    rig = make_rig()
+    neighbours(rig)
+    add_vs(rig, VsFlag.TRANSLATE_ADDR)
+    q, _ = setup_flow(rig, new_dst_ipaddr="10.0.2.10", next_hop_ipaddr="10.0.2.10")
+    (flow,) = rig.engine.flows.values()
+    fwd = FlowEntryStats(flow.fwd_cookie, {}, 3, 300)
+    out = rig.engine.flow_removed(fwd, 0, 1.0)  # idle timeout; the partner delete is lost
+    assert len(out.openflow) == 1 and list(rig.engine.closing) == [q.flow_id]
+    rig.feed(rig.engine.tick(1.0 + rig.engine.cfg.timeouts.partner / 2))
+    assert not rig.take_ssmb()
+    rig.feed(rig.engine.tick(1.0 + rig.engine.cfg.timeouts.partner))
+    (msg,) = rig.take_ssmb()
+    # the entry's 3 packets and the held SYN the DFS released itself
+    assert isinstance(msg, ssmb.Delete) and msg.flow_id == q.flow_id and msg.inbound_pkts == 4
+    assert rig.engine.errors["partner_removal_timeout"] == 1
+    assert not rig.engine.flows and not rig.engine.closing
 
 
 def test_fin_shortens_the_idle_timeout() -> None:
