@@ -948,6 +948,8 @@ def measure_round(
         return result
 
     before = dfs_status() if dfs_status else None
+    bridge = bed.spec.dfs[0].switch
+    baseline = switch_flow_counts(bridge)["openflow_flows"] if dfs_status else None
     close = timed(lambda: bed.wrk(node, target.url, True, s.duration, s.close_connections), "cpu_newconn_pct")
     if dfs_status is not None:
         after = dfs_status()
@@ -956,10 +958,18 @@ def measure_round(
             dfs_flow_costs(before, after, made) if before is not None and after is not None else None
         )
     acc.setdefault("newconn", []).append(close)
+    if dfs_status is not None:
+        # Thousands of closed flows leave the switch and the DFS over the next seconds; measuring
+        # keep-alive traffic meanwhile would charge that teardown to the offloaded flows.
+        _wait_flows_drain(bed, below=1, timeout=20.0)
+        _wait_switch_settled(bridge, baseline, timeout=20.0)
     keep = timed(
         lambda: bed.wrk(node, target.url, False, s.duration, s.keepalive_connections), "cpu_keepalive_pct"
     )
     acc.setdefault("keepalive", []).append(keep)
+    if dfs_status is not None:
+        _wait_flows_drain(bed, below=1, timeout=20.0)
+        _wait_switch_settled(bridge, baseline, timeout=20.0)
     acc.setdefault("bulk", []).append(bed.bulk(node, target.url))
     acc.setdefault("probe", []).append(bed.probe(node, target.host, target.port))
 
@@ -1280,12 +1290,28 @@ def run_scaling(bed: BenchTestbed, pids: dict[str, int | None]) -> dict[str, Any
     return out
 
 
-def _wait_flows_drain(bed: BenchTestbed, timeout: float = 30.0) -> None:
+def _wait_switch_settled(bridge: str, baseline: int | None, timeout: float) -> None:
+    """Wait (bounded) until the per-flow entries of a run have left the switch.
+
+    DFS_ASSIST flows are learned by the switch itself, so the DFS's own flow count does not see
+    them; the switch's entry count does.
+    """
+    if baseline is None:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = switch_flow_counts(bridge)["openflow_flows"]
+        if now is None or now <= baseline:
+            return
+        time.sleep(0.5)
+
+
+def _wait_flows_drain(bed: BenchTestbed, below: int = 1000, timeout: float = 30.0) -> None:
     """Give closed flows time to leave the DFS (bounded); the next measurement starts either way."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         st = bed.dfs_status()
-        if not isinstance(st, dict) or int(st.get("flows_active", 0) or 0) < 1000:
+        if not isinstance(st, dict) or int(st.get("flows_active", 0) or 0) < below:
             return
         time.sleep(0.5)
 
