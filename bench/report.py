@@ -369,7 +369,8 @@ def render_markdown(doc: dict[str, Any], plots: list[str]) -> str:
         f"(`{doc.get('command', 'python -m bench.run')}`).",
         "",
         f"Machine: {m.get('cpu_model')}, {m.get('cores')} cores, {fmt(m.get('memory_mb'))} MB, kernel "
-        f"{m.get('kernel')}, {m.get('os')}; {m.get('ovs')} (userspace datapath); {m.get('haproxy')}; "
+        f"{m.get('kernel')}, {m.get('os')}; {m.get('ovs')} (userspace datapath, "
+        f"{m.get('switch_ports', 'system')} ports); {m.get('haproxy')}; "
         f"{m.get('wrk')}. Load generators, the switch, the daemons and the backends all share these cores, "
         "so every figure is a whole-system figure.",
         "",

@@ -61,6 +61,13 @@ def _first_line(argv: list[str]) -> str | None:
     return text.splitlines()[0] if text else None
 
 
+def default_port_type() -> str:
+    """The OVS port type the testbeds use on this machine (see nodes.net)."""
+    from nodes.net import default_port_type as probe
+
+    return probe()
+
+
 def machine_info() -> dict[str, Any]:
     """What the figures were measured on: CPU, cores, memory, kernel, OVS and tool versions."""
     cpu = None
@@ -80,6 +87,7 @@ def machine_info() -> dict[str, Any]:
         "os": _first_line(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
         "python": platform.python_version(),
         "ovs": _first_line(["ovs-vswitchd", "--version"]),
+        "switch_ports": default_port_type(),
         "haproxy": _first_line(["haproxy", "-v"]),
         "wrk": _first_line(["wrk", "-v"]),
         "curl": _first_line(["curl", "--version"]),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ from typing import Any
 
 from mininet.log import setLogLevel
 from mininet.net import Mininet
-from mininet.node import Host, OVSSwitch
+from mininet.node import Host, OVSIntf, OVSSwitch
 from mininet.topo import Topo
 
 STATE_DIR = Path(os.environ.get("SLB_STATE_DIR", "/run/splitlb"))
@@ -54,12 +55,86 @@ class OffloadFreeHost(Host):
         return result
 
 
+PORT_TYPES = ("afxdp-nonpmd", "system")
+
+
+@functools.cache
+def default_port_type() -> str:
+    """The switch port type to use: ``SLB_PORT_TYPE``, else AF_XDP when this machine supports it.
+
+    Measured here through the default testbed: a 200 MB download crosses a switch at about
+    2x the rate with ``afxdp-nonpmd`` ports (XDP in generic mode, no busy-polling core) as with
+    the default AF_PACKET ("system") ports. Plain ``afxdp`` is faster still but pins a core.
+    Where the kernel lacks AF_XDP, the probe fails and the default ports are used.
+    """
+    chosen = os.environ.get("SLB_PORT_TYPE", "")
+    if chosen:
+        if chosen not in PORT_TYPES:
+            raise ValueError(f"SLB_PORT_TYPE={chosen!r}: expected one of {', '.join(PORT_TYPES)}")
+        return chosen
+    return "afxdp-nonpmd" if _afxdp_works() else "system"
+
+
+def _afxdp_works() -> bool:
+    """Try one AF_XDP port on a scratch bridge; remove both whatever happens."""
+    bridge, veth, peer = (
+        f"slbxp{os.getpid() % 100000}",
+        f"slbxa{os.getpid() % 100000}",
+        f"slbxb{os.getpid() % 100000}",
+    )
+    run = functools.partial(subprocess.run, capture_output=True, text=True, check=False)
+    try:
+        if run(["ip", "link", "add", veth, "type", "veth", "peer", "name", peer]).returncode != 0:
+            return False
+        run(["ip", "link", "set", veth, "up"])
+        run(["ip", "link", "set", peer, "up"])
+        added = run(
+            [
+                "ovs-vsctl",
+                "--timeout=10",
+                "add-br",
+                bridge,
+                "--",
+                "set",
+                "bridge",
+                bridge,
+                "datapath_type=netdev",
+                "--",
+                "add-port",
+                bridge,
+                veth,
+                "--",
+                "set",
+                "interface",
+                veth,
+                "type=afxdp-nonpmd",
+                "options:xdp-mode=generic",
+            ]
+        )
+        if added.returncode != 0:
+            return False
+        error = run(["ovs-vsctl", "--timeout=5", "get", "interface", veth, "error"]).stdout.strip()
+        ofport = run(["ovs-vsctl", "--timeout=5", "get", "interface", veth, "ofport"]).stdout.strip()
+        return error in ("", "[]") and ofport not in ("", "-1", "[]")
+    finally:
+        run(["ovs-vsctl", "--timeout=10", "--if-exists", "del-br", bridge])
+        run(["ip", "link", "del", veth])
+
+
 class UserSwitch(OVSSwitch):
     """An Open vSwitch bridge on the userspace datapath, speaking OpenFlow 1.3."""
 
     def __init__(self, name: str, failMode: str = "standalone", **params: Any) -> None:
         params.setdefault("protocols", "OpenFlow13")
+        self.port_type = params.pop("port_type", None) or default_port_type()
         super().__init__(name, failMode=failMode, datapath="user", **params)
+
+    def intfOpts(self, intf: Any) -> str:
+        """Mininet's port options, plus the port type when one is chosen (``afxdp-nonpmd``)."""
+        opts = str(super().intfOpts(intf))
+        if self.port_type == "afxdp-nonpmd" and not isinstance(intf, OVSIntf):
+            opts += " type=afxdp-nonpmd options:xdp-mode=generic"
+        return opts
 
     def start(self, controllers: list[Any]) -> None:
         """Start the bridge, then turn off offloads on the root-namespace end of each port."""

@@ -195,7 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     started = time.monotonic()
+    from nodes.net import default_port_type
+
     print(f"*** bringing up {spec.name}: {spec.description}")
+    print(f"*** Open vSwitch userspace datapath, {default_port_type()} switch ports")
     with Lab(spec) as lab:
         print(f"*** up in {time.monotonic() - started:.1f}s; driving HTTP through the VIPs")
         results = drive(lab, args.requests)
