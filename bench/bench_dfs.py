@@ -29,19 +29,12 @@ and Open vSwitch; without them it prints why and exits with status 2.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,17 +42,20 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from slbproto import csmb, ssmb  # noqa: E402
+from nodes.ovsbed import CLIENT_SIDE, SERVER_SIDE, DfsdHandle, OvsBed, ovs_problem, sh  # noqa: E402
+from slbproto import csmb  # noqa: E402
 from slbproto.constants import VsClass, VsFlag  # noqa: E402
-from slbproto.peer import SerialCounter  # noqa: E402
+from slbtools.scripted_cs import ScriptedCs  # noqa: E402
 
 TAG = f"{os.getpid() % 100000}"
 BR_DFS, BR_DIRECT = f"bdfs{TAG}", f"bdir{TAG}"
 NS = {"c": f"bdc{TAG}", "s": f"bds{TAG}", "dc": f"bddc{TAG}", "ds": f"bdds{TAG}"}
-A1, A2 = "02:00:00:00:01:01", "02:00:00:00:02:01"
 VIP, SERVER, PORT = "10.0.9.100", "10.0.2.10", 9000
 DIRECT_SERVER = "10.1.0.2"
 STARTUP_DEADLINE = 30.0
+VS = csmb.VirtualServer(int(VsFlag.TRANSLATE_ADDR), VIP, PORT, VsClass.CS_ASSIST, 6)
+# Many short connections from one client address: reuse TIME_WAIT ports, use a wide range.
+SYSCTLS = ("net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=10000 65000")
 
 # Runs in a server namespace: accept and close, as fast as it can.
 ACCEPTOR = r"""
@@ -131,260 +127,62 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def sh(*args: str, check: bool = True, timeout: float = 30) -> str:
-    res = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-    if check and res.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed: {res.stderr.strip()}")
-    return res.stdout
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, ValueError):
-            value = cond()
-            if value:
-                return value
-        time.sleep(0.05)
-    raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def problem() -> str | None:
-    """Why this machine cannot run the benchmark, or None."""
-    if os.geteuid() != 0:
-        return "needs root (network namespaces and Open vSwitch)"
-    if not shutil.which("ovs-vsctl"):
-        return "Open vSwitch is not installed"
-    if subprocess.run(["ovs-vsctl", "--timeout=5", "show"], capture_output=True).returncode != 0:
-        return "Open vSwitch is not running"
-    return None
-
-
-class FastCs:
-    """A CS that accepts every flow at once: HELLO/ACK, one ADD_VS, REPLY per QUERY."""
-
-    def __init__(self) -> None:
-        self.vs = csmb.VirtualServer(int(VsFlag.TRANSLATE_ADDR), VIP, PORT, VsClass.CS_ASSIST, 6)
-        self.tcp = socket.socket()
-        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.tcp.bind(("127.0.0.1", 0))
-        self.tcp.listen(1)
-        self.tcp.settimeout(0.2)
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("127.0.0.1", 0))
-        self.udp.settimeout(0.2)
-        self.stop = threading.Event()
-        self.serials = SerialCounter()
-        self.counts = {"queries": 0, "deletes": 0}
-        self.threads = [threading.Thread(target=f, daemon=True) for f in (self._csmb, self._ssmb)]
-        for t in self.threads:
-            t.start()
-
-    def _csmb(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.tcp.accept()
-            except TimeoutError:
-                continue
-            conn.settimeout(0.2)
-            dec = csmb.StreamDecoder()
-            with conn:
-                while not self.stop.is_set():
-                    try:
-                        data = conn.recv(65536)
-                    except TimeoutError:
-                        continue
-                    except OSError:
-                        break
-                    if not data:
-                        break
-                    for msg in dec.feed(data):
-                        if isinstance(msg, csmb.Hello):
-                            port = int(self.udp.getsockname()[1])
-                            for m in (
-                                csmb.Ack(),
-                                csmb.Hello("127.0.0.1", "0.0.0.0", 0, 1, 0, port),
-                                csmb.Reset(),
-                                csmb.AddVs(self.vs),
-                            ):
-                                conn.sendall(csmb.encode_message(m))
-
-    def _ssmb(self) -> None:
-        while not self.stop.is_set():
-            try:
-                data, addr = self.udp.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            for msg in ssmb.decode_datagram(data):
-                if isinstance(msg, ssmb.Query):
-                    self.counts["queries"] += 1
-                    reply = ssmb.Reply(
-                        orig_src_ipaddr=msg.orig_src_ipaddr,
-                        orig_dst_ipaddr=msg.orig_dst_ipaddr,
-                        orig_src_port=msg.orig_src_port,
-                        orig_dst_port=msg.orig_dst_port,
-                        proto=msg.proto,
-                        new_dst_ipaddr=SERVER,
-                        new_dst_port=PORT,
-                        next_hop_ipaddr=SERVER,
-                        flow_id=msg.flow_id,
-                    )
-                    self.udp.sendto(ssmb.encode_datagram([self.serials.stamp(reply)]), addr)
-                elif isinstance(msg, ssmb.Delete):
-                    self.counts["deletes"] += 1
-
-    def close(self) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=5)
-        self.tcp.close()
-        self.udp.close()
-
-
 class Testbed:
     """Both bridges, four namespaces, the CS, dfsd and the two acceptors; ``close`` undoes all."""
 
     def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.cleanups: list[Callable[[], Any]] = []
-        self.status_url = ""
-        self.sock_path = f"/var/run/openvswitch/bdfs{TAG}.sock"
-
-    def _bridge(self, name: str, secure: bool) -> None:
-        self.cleanups.append(lambda: sh("ovs-vsctl", "--if-exists", "del-br", name, check=False))
-        extra = ["fail_mode=secure", "protocols=OpenFlow13"] if secure else ["fail_mode=standalone"]
-        sh("ovs-vsctl", "add-br", name, "--", "set", "bridge", name, "datapath_type=netdev", *extra)
-
-    def _host(self, ns: str, bridge: str, port: int, ip: str, gw: str | None, gw_mac: str | None) -> None:
-        self.cleanups.append(lambda: sh("ip", "netns", "del", ns, check=False))
-        sh("ip", "netns", "add", ns)
-        inner, outer = f"{ns}i", f"{ns}o"
-        self.cleanups.append(lambda: sh("ip", "link", "del", outer, check=False))
-        sh("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
-        sh("ip", "link", "set", inner, "netns", ns)
-        x = ["ip", "netns", "exec", ns]
-        sh(*x, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv4.tcp_tw_reuse=1")
-        sh(*x, "sysctl", "-qw", "net.ipv4.ip_local_port_range=10000 65000")
-        for off in ("tx", "rx", "tso", "gso", "gro"):
-            sh("ethtool", "-K", outer, off, "off", check=False)
-            sh(*x, "ethtool", "-K", inner, off, "off", check=False)
-        sh(*x, "ip", "addr", "add", ip, "dev", inner)
-        sh(*x, "ip", "link", "set", inner, "up")
-        sh(*x, "ip", "link", "set", "lo", "up")
-        if gw is not None and gw_mac is not None:
-            sh(*x, "ip", "route", "add", "default", "via", gw)
-            sh(*x, "ip", "neigh", "replace", gw, "lladdr", gw_mac, "dev", inner, "nud", "permanent")
-        sh("ip", "link", "set", outer, "up")
-        sh("ovs-vsctl", "add-port", bridge, outer, "--", "set", "interface", outer, f"ofport_request={port}")
+        self.bed = OvsBed(tmp)
+        self.cs: ScriptedCs
+        self.dfsd: DfsdHandle
 
     def _acceptor(self, ns: str) -> None:
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-c", ACCEPTOR, str(PORT)],
+        proc = self.bed.popen(
+            ns,
+            [sys.executable, "-c", ACCEPTOR, str(PORT)],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
         )
-
-        def stop() -> None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-
-        self.cleanups.append(stop)
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if "LISTENING" not in line:
             raise RuntimeError(f"acceptor in {ns} did not start")
 
     def start(self) -> None:
-        self._bridge(BR_DFS, secure=True)
-        self._host(NS["c"], BR_DFS, 1, "10.0.1.50/24", "10.0.1.1", A1)
-        self._host(NS["s"], BR_DFS, 2, f"{SERVER}/24", "10.0.2.1", A2)
-        self._bridge(BR_DIRECT, secure=False)
-        self._host(NS["dc"], BR_DIRECT, 1, "10.1.0.1/24", None, None)
-        self._host(NS["ds"], BR_DIRECT, 2, f"{DIRECT_SERVER}/24", None, None)
-        cs = FastCs()
-        self.cs = cs
-        self.cleanups.append(cs.close)
-        status_port = free_port()
-        conf = self.tmp / "dfs.toml"
-        conf.write_text(f"""
-[dfs]
-name = "dfs-bench"
-switch = "{BR_DFS}"
-mgmt_ipaddr = "127.0.0.1"
-ssmb_port = {free_port(socket.SOCK_DGRAM)}
-[cs]
-ipaddr = "127.0.0.1"
-csmb_port = {cs.tcp.getsockname()[1]}
-ssmb_port = {cs.udp.getsockname()[1]}
-[openflow]
-listen_port = {free_port()}
-unix_socket = "{self.sock_path}"
-[status]
-port = {status_port}
-[timeouts]
-idle = 10
-fin_idle = 1
-[[interface]]
-port = 1
-ipaddr = "10.0.1.1/24"
-mac = "{A1}"
-[[interface]]
-port = 2
-ipaddr = "10.0.2.1/24"
-mac = "{A2}"
-""")
-        log_path = self.tmp / "dfsd.log"
-        with open(log_path, "wb") as logf:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "nodes.dfsd", str(conf), "--log-level", "WARNING"],
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1"),
-            )
-
-        def stop_dfsd() -> None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.sock_path)
-
-        self.cleanups.append(stop_dfsd)
-        wait_for(lambda: "READY" in log_path.read_text(errors="replace"), STARTUP_DEADLINE, "dfsd READY")
-        sh("ovs-vsctl", "set-controller", BR_DFS, f"unix:{self.sock_path}")
-        self.status_url = f"http://127.0.0.1:{status_port}/status"
-        wait_for(
-            lambda: (
-                (st := self.status())["switch_connected"] and st["cs_connected"] and st["virtual_servers"]
-            ),
-            STARTUP_DEADLINE,
-            "switch, CS and VS",
+        """Build everything; on failure the caller's ``close`` removes what was built."""
+        bed = self.bed
+        bed.add_bridge(BR_DFS, secure=True)
+        bed.add_host(
+            NS["c"], BR_DFS, CLIENT_SIDE.port, ["10.0.1.50/24"], gateway=CLIENT_SIDE, sysctls=SYSCTLS
+        )
+        bed.add_host(
+            NS["s"], BR_DFS, SERVER_SIDE.port, [f"{SERVER}/24"], gateway=SERVER_SIDE, sysctls=SYSCTLS
+        )
+        bed.add_bridge(BR_DIRECT, secure=False)
+        bed.add_host(NS["dc"], BR_DIRECT, 1, ["10.1.0.1/24"], sysctls=SYSCTLS)
+        bed.add_host(NS["ds"], BR_DIRECT, 2, [f"{DIRECT_SERVER}/24"], sysctls=SYSCTLS)
+        # counters only: the rate runs would otherwise keep every QUERY and DELETE
+        self.cs = ScriptedCs([VS], {PORT: (SERVER, PORT)}, record=False)
+        bed.defer(self.cs.close)
+        self.dfsd = bed.start_dfsd(
+            BR_DFS,
+            name="dfs-bench",
+            cs_csmb_port=self.cs.csmb_port,
+            cs_ssmb_port=self.cs.ssmb_port,
+            vservers=1,
+            timeouts="idle = 10\nfin_idle = 1",
+            args=("--log-level", "WARNING"),
+            deadline=STARTUP_DEADLINE,
         )
         self._acceptor(NS["s"])
         self._acceptor(NS["ds"])
 
     def status(self) -> dict[str, Any]:
-        with urllib.request.urlopen(self.status_url, timeout=5) as resp:
-            return json.loads(resp.read())  # type: ignore[no-any-return]
+        """The DFS's ``/status`` document."""
+        return self.dfsd.status()  # type: ignore[no-any-return]
 
     def client(self, ns: str, mode: str, host: str, n: int, threads: int, budget: float) -> dict[str, Any]:
+        """Run the CLIENT script in namespace ``ns``; its JSON result."""
         out = sh(
             "ip", "netns", "exec", ns, sys.executable, "-c", CLIENT,
             mode, host, str(PORT), str(n), str(threads), str(budget),
@@ -393,9 +191,8 @@ mac = "{A2}"
         return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        for fn in reversed(self.cleanups):
-            with contextlib.suppress(Exception):
-                fn()
+        """Stop every process and remove every bridge, namespace and veth this bed made."""
+        self.bed.close()
 
 
 def latency_summary(times: list[float], failed: int) -> dict[str, Any]:
@@ -500,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", dest="json_path", help="also write the results here")
     ap.add_argument("--connections", type=int, default=None, help="connections for the rate run")
     args = ap.parse_args(argv)
-    why = problem()
+    why = ovs_problem()
     if why:
         print(f"bench_dfs: cannot run: {why}", file=sys.stderr)
         return 2

@@ -1,6 +1,6 @@
 """The Mininet helper every topology uses.
 
-Three things differ from a stock Mininet run on these machines, and this module owns all three:
+Four things differ from a stock Mininet run on these machines, and this module owns all four:
 
 * There is no Open vSwitch kernel module, so every switch uses the userspace datapath
   (``datapath_type=netdev``). DFS switches run with ``fail_mode=secure``: in standalone mode OVS
@@ -11,6 +11,10 @@ Three things differ from a stock Mininet run on these machines, and this module 
 * A test that fails must still leave nothing behind. :class:`Testbed` records what it creates in
   a state file under ``/run/splitlb`` before it creates it, tears everything down in ``finally``,
   and ``make clean`` (:func:`clean_leftovers`) removes whatever a killed run left, by name and pid.
+  Only one testbed runs at a time (node names would clash): a second one waits for the lock.
+* Switch ports are AF_XDP sockets (``afxdp-nonpmd``, generic XDP) where the kernel allows it,
+  which doubles what a userspace switch forwards compared with AF_PACKET ports; see
+  :func:`default_port_type`.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import pytest
 
+from nodes.ovsbed import sh, wait_for
 from slbproto import csmb
 from slbproto.constants import VsClass, VsFlag
 from tests.integration.test_dfs_ovs import (
@@ -29,8 +30,6 @@ from tests.integration.test_dfs_ovs import (
     echo_result,
     link_stats,
     make_bed,
-    sh,
-    wait_for,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.needs_root, pytest.mark.slow]

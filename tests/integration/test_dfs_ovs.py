@@ -10,16 +10,12 @@ reads the live daemon. :class:`DfsBed` is shared by the other ``test_dfs_*`` int
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +24,16 @@ from typing import Any
 import pytest
 
 from nodes.daemon import Daemon
+from nodes.ovsbed import CLIENT_SIDE, SERVER_SIDE, OvsBed, get_json, ns, ovs_problem, sh, wait_for
 from slbproto import csmb, ssmb
 from slbproto.constants import VsClass, VsFlag
-from slbproto.peer import SerialCounter
+from slbtools.scripted_cs import ScriptedCs
 
 pytestmark = [pytest.mark.integration, pytest.mark.needs_root, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 TAG = f"{os.getpid() % 100000}"
 BRIDGE, NS_C, NS_S = f"dfsbr{TAG}", f"dfsc{TAG}", f"dfss{TAG}"
-A1, A2 = "02:00:00:00:01:01", "02:00:00:00:02:01"
 CLIENT_MAC, SERVER_MAC = "02:c0:00:00:00:50", "02:5e:00:00:00:10"
 CLIENT, VIP, SERVER = "10.0.1.50", "10.0.9.100", "10.0.2.10"
 HTTP_VS = csmb.VirtualServer(
@@ -105,170 +101,6 @@ print(json.dumps({"errors": errors, "seen": seen}), flush=True)
 """
 
 
-def ovs_problem() -> str | None:
-    """Why this machine cannot run the OVS tests, or None."""
-    if os.geteuid() != 0:
-        return "needs root (namespaces and Open vSwitch)"
-    if not shutil.which("ovs-vsctl"):
-        return "Open vSwitch is not installed"
-    if subprocess.run(["ovs-vsctl", "--timeout=5", "show"], capture_output=True).returncode != 0:
-        return "Open vSwitch is not running"
-    return None
-
-
-def sh(*args: str, check: bool = True, timeout: float = 30) -> str:
-    res = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-    if check and res.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)} failed: {res.stderr.strip()}")
-    return res.stdout
-
-
-def ns(name: str, *args: str, check: bool = True, timeout: float = 30) -> str:
-    return sh("ip", "netns", "exec", name, *args, check=check, timeout=timeout)
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(
-    cond: Callable[[], Any], timeout: float, what: str, explain: Callable[[], str] | None = None
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what}" + (f"\n{explain()}" if explain else "")
-    )
-
-
-class ScriptedCs:
-    """A minimal CS: HELLO/ACK, RESET + ADD_VS per VS, REPLY per QUERY (unless silent); records all."""
-
-    def __init__(self, vservers: list[csmb.VirtualServer], targets: dict[int, tuple[str, int]]) -> None:
-        self.vservers = vservers
-        self.targets = targets
-        self.silent = False
-        self.tcp = socket.socket()
-        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.tcp.bind(("127.0.0.1", 0))
-        self.tcp.listen(1)
-        self.tcp.settimeout(0.2)
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("127.0.0.1", 0))
-        self.udp.settimeout(0.2)
-        self.stop = threading.Event()
-        self.queries: list[ssmb.Query] = []
-        self.deletes: list[ssmb.Delete] = []
-        self.stats: list[ssmb.Stats] = []
-        self.csmb_in: list[Any] = []
-        self.hellos = 0
-        self.conn: socket.socket | None = None
-        self.dfs_ssmb: tuple[str, int] | None = None
-        self.serials = SerialCounter()
-        self.threads = [
-            threading.Thread(target=self._csmb, daemon=True),
-            threading.Thread(target=self._ssmb, daemon=True),
-        ]
-        for t in self.threads:
-            t.start()
-
-    @property
-    def csmb_port(self) -> int:
-        return int(self.tcp.getsockname()[1])
-
-    @property
-    def ssmb_port(self) -> int:
-        return int(self.udp.getsockname()[1])
-
-    def send_csmb_raw(self, data: bytes) -> None:
-        """Write raw bytes on the CSMB connection (to feed the DFS a broken stream)."""
-        assert self.conn is not None
-        self.conn.sendall(data)
-
-    def send_ssmb(self, msg: Any) -> None:
-        """Send one SSMB message to the endpoint the DFS announced."""
-        assert self.dfs_ssmb is not None
-        self.udp.sendto(ssmb.encode_datagram([self.serials.stamp(msg)]), self.dfs_ssmb)
-
-    def _csmb(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.tcp.accept()
-            except TimeoutError:
-                continue
-            conn.settimeout(0.2)
-            self.conn = conn
-            dec = csmb.StreamDecoder()
-            with conn:
-                while not self.stop.is_set():
-                    try:
-                        data = conn.recv(65536)
-                    except TimeoutError:
-                        continue
-                    except OSError:
-                        break
-                    if not data:
-                        break
-                    for msg in dec.feed(data):
-                        self.csmb_in.append(msg)
-                        if isinstance(msg, csmb.Hello):
-                            self.hellos += 1
-                            self.dfs_ssmb = (msg.ssmb_active_ipaddr, msg.ssmb_port)
-                            out: list[Any] = [
-                                csmb.Ack(),
-                                csmb.Hello("127.0.0.1", "0.0.0.0", 0, 1, 0, self.ssmb_port),
-                                csmb.Reset(),
-                            ]
-                            out += [csmb.AddVs(vs) for vs in self.vservers]
-                            for m in out:
-                                conn.sendall(csmb.encode_message(m))
-            self.conn = None
-
-    def _ssmb(self) -> None:
-        while not self.stop.is_set():
-            try:
-                data, addr = self.udp.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            for msg in ssmb.decode_datagram(data):
-                if isinstance(msg, ssmb.Query):
-                    self.queries.append(msg)
-                    if self.silent:
-                        continue
-                    new_ip, new_port = self.targets[msg.orig_dst_port]
-                    reply = ssmb.Reply(
-                        orig_src_ipaddr=msg.orig_src_ipaddr,
-                        orig_dst_ipaddr=msg.orig_dst_ipaddr,
-                        orig_src_port=msg.orig_src_port,
-                        orig_dst_port=msg.orig_dst_port,
-                        proto=msg.proto,
-                        new_dst_ipaddr=new_ip,
-                        new_dst_port=new_port,
-                        next_hop_ipaddr=new_ip,
-                        flow_id=msg.flow_id,
-                    )
-                    self.udp.sendto(ssmb.encode_datagram([self.serials.stamp(reply)]), addr)
-                elif isinstance(msg, ssmb.Delete):
-                    self.deletes.append(msg)
-                elif isinstance(msg, ssmb.Stats):
-                    self.stats.append(msg)
-
-    def close(self) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=5)
-        self.tcp.close()
-        self.udp.close()
-
-
 def link_stats(nsname: str, dev: str) -> dict[str, int]:
     data = json.loads(ns(nsname, "ip", "-s", "-j", "link", "show", dev))[0]["stats64"]
     return {
@@ -277,11 +109,6 @@ def link_stats(nsname: str, dev: str) -> dict[str, int]:
         "tx_bytes": data["tx"]["bytes"],
         "tx_packets": data["tx"]["packets"],
     }
-
-
-def status(url: str, path: str = "/status") -> Any:
-    with urllib.request.urlopen(url + path, timeout=5) as resp:
-        return json.loads(resp.read())
 
 
 @dataclass
@@ -304,116 +131,33 @@ class DfsBed:
 
     def __init__(self, spec: BedSpec, tmp: Path) -> None:
         self.spec, self.tmp = spec, tmp
-        self.cleanups: list[Callable[[], Any]] = []
-        self.sock_path = f"/var/run/openvswitch/dfs{TAG}.sock"
+        self.bed = OvsBed(tmp)
         self.url = ""
+        self.sock_path = ""
         self.cs: ScriptedCs
         self.dfsd: Daemon
+        self.dfsd_conf: Path
         self.ssmb_port = 0
 
     def start(self) -> DfsBed:
-        spec = self.spec
-        self.cleanups.append(lambda: sh("ovs-vsctl", "--if-exists", "del-br", BRIDGE, check=False))
-        sh(
-            "ovs-vsctl",
-            "add-br",
-            BRIDGE,
-            "--",
-            "set",
-            "bridge",
-            BRIDGE,
-            "datapath_type=netdev",
-            "fail_mode=secure",
-            "protocols=OpenFlow13",
-        )
-        for name, port, ips, mac, gw, gw_mac in (
-            (NS_C, 1, (CLIENT,), CLIENT_MAC, "10.0.1.1", A1),
-            (NS_S, 2, spec.server_ips, SERVER_MAC, "10.0.2.1", A2),
-        ):
-            self.cleanups.append(lambda n=name: sh("ip", "netns", "del", n, check=False))
-            sh("ip", "netns", "add", name)
-            ns(
-                name,
-                "sysctl",
-                "-qw",
-                "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            )
-            inner, outer = f"{name}i", f"{name}o"
-            self.cleanups.append(lambda o=outer: sh("ip", "link", "del", o, check=False))
-            sh("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
-            sh("ip", "link", "set", inner, "netns", name)
-            sh("sysctl", "-qw", f"net.ipv6.conf.{outer}.disable_ipv6=1")
-            for off in ("tx", "rx", "tso", "gso", "gro"):
-                sh("ethtool", "-K", outer, off, "off", check=False)
-                ns(name, "ethtool", "-K", inner, off, "off", check=False)
-            ns(name, "ip", "link", "set", inner, "address", mac)
-            for ip in ips:
-                ns(name, "ip", "addr", "add", f"{ip}/24", "dev", inner)
-            ns(name, "ip", "link", "set", inner, "up")
-            ns(name, "ip", "link", "set", "lo", "up")
-            ns(name, "ip", "route", "add", "default", "via", gw)
-            # static gateway entries keep kernel ARP traffic out of the byte counts
-            ns(name, "ip", "neigh", "replace", gw, "lladdr", gw_mac, "dev", inner, "nud", "permanent")
-            sh("ip", "link", "set", outer, "up")
-            sh(
-                "ovs-vsctl",
-                "add-port",
-                BRIDGE,
-                outer,
-                "--",
-                "set",
-                "interface",
-                outer,
-                f"ofport_request={port}",
-            )
+        spec, bed = self.spec, self.bed
+        bed.add_bridge(BRIDGE, secure=True)
+        bed.add_host(NS_C, BRIDGE, CLIENT_SIDE.port, [f"{CLIENT}/24"], mac=CLIENT_MAC, gateway=CLIENT_SIDE)
+        server_addrs = [f"{ip}/24" for ip in spec.server_ips]
+        bed.add_host(NS_S, BRIDGE, SERVER_SIDE.port, server_addrs, mac=SERVER_MAC, gateway=SERVER_SIDE)
         self.cs = ScriptedCs(spec.vservers, spec.targets)
-        self.cleanups.append(self.cs.close)
-        of_port, status_port = free_port(), free_port()
-        self.ssmb_port = free_port(socket.SOCK_DGRAM)
-        conf = self.tmp / "dfs.toml"
-        conf.write_text(f"""
-[dfs]
-name = "dfs-it"
-switch = "{BRIDGE}"
-mgmt_ipaddr = "127.0.0.1"
-ssmb_port = {self.ssmb_port}
-[cs]
-ipaddr = "127.0.0.1"
-csmb_port = {self.cs.csmb_port}
-ssmb_port = {self.cs.ssmb_port}
-[openflow]
-listen_port = {of_port}
-unix_socket = "{self.sock_path}"
-[status]
-port = {status_port}
-[timeouts]
-{spec.timeouts}
-[[interface]]
-port = 1
-ipaddr = "10.0.1.1/24"
-mac = "{A1}"
-[[interface]]
-port = 2
-ipaddr = "10.0.2.1/24"
-mac = "{A2}"
-[[route]]
-prefix = "10.0.9.0/24"
-via = "10.0.2.254"
-{spec.extra_toml}
-""")
-        self.dfsd = self._run_dfsd("dfsd.log")
-        sh("ovs-vsctl", "set-controller", BRIDGE, f"unix:{self.sock_path}")
-        self.url = f"http://127.0.0.1:{status_port}"
-        wait_for(
-            lambda: (
-                (st := self.status())["switch_connected"]
-                and st["cs_connected"]
-                and st["virtual_servers"] == len(spec.vservers)
-            ),
-            20,
-            "switch, CS and virtual servers",
+        bed.defer(self.cs.close)
+        handle = bed.start_dfsd(
+            BRIDGE,
+            name="dfs-it",
+            cs_csmb_port=self.cs.csmb_port,
+            cs_ssmb_port=self.cs.ssmb_port,
+            vservers=len(spec.vservers),
+            timeouts=spec.timeouts,
+            extra_toml='[[route]]\nprefix = "10.0.9.0/24"\nvia = "10.0.2.254"\n' + spec.extra_toml,
         )
+        self.dfsd, self.dfsd_conf = handle.daemon, handle.conf
+        self.url, self.sock_path, self.ssmb_port = handle.url, handle.sock_path, handle.ssmb_port
         if spec.web:
             (self.tmp / "blob.txt").write_text("0123456789abcdef" * 65536)
             self._spawn_server([sys.executable, "-m", "http.server", "8080", "--bind", "0.0.0.0"], "8080")
@@ -421,44 +165,21 @@ via = "10.0.2.254"
             self._spawn_server([sys.executable, "-c", ECHO_SERVER], "9000")
         return self
 
-    def _run_dfsd(self, log: str, *extra: str) -> Daemon:
-        env = {"PYTHONPATH": str(ROOT)}
-        argv = [sys.executable, "-m", "nodes.dfsd", str(self.tmp / "dfs.toml"), *extra]
-        dfsd = Daemon("dfsd", argv, self.tmp / log, env=env)
-        self.cleanups.append(dfsd.stop)
-        dfsd.start(timeout=30)
-        return dfsd
-
     def restart_dfsd(self, epoch: int) -> None:
         """Stop the daemon and start a new one with another epoch; the switch reconnects to it."""
         assert self.dfsd.stop() == 0, self.dfsd.log_text()[-3000:]
         assert "Traceback" not in self.dfsd.log_text()
-        self.dfsd = self._run_dfsd("dfsd2.log", "--epoch", str(epoch))
+        self.dfsd = self.bed.spawn_dfsd(self.dfsd_conf, "dfsd2.log", "--epoch", str(epoch))
         # skip OVS's reconnect backoff
         sh("ovs-appctl", "bridge/reconnect", BRIDGE)
         wait_for(lambda: self.status()["switch_connected"], 15, "the switch reconnecting")
 
     def _spawn_server(self, argv: list[str], port: str) -> None:
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", NS_S, *argv],
-            cwd=self.tmp,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def stop() -> None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-
-        self.cleanups.append(stop)
+        self.bed.popen(NS_S, argv, cwd=self.tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: f":{port} " in ns(NS_S, "ss", "-ltn"), 10, f"server on port {port}")
 
     def status(self) -> Any:
-        return status(self.url)
+        return get_json(self.url + "/status")
 
     def diagnostics(self) -> str:
         flows = sh("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", BRIDGE, check=False)
@@ -488,11 +209,7 @@ via = "10.0.2.254"
 
     def close(self) -> None:
         log = self.dfsd.log_text() if hasattr(self, "dfsd") else ""
-        for fn in reversed(self.cleanups):
-            with contextlib.suppress(Exception):
-                fn()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.sock_path)
+        self.bed.close()
         # other test runs may share this machine: check only what this bed created
         assert BRIDGE not in sh("ovs-vsctl", "list-br").split()
         left = [line.split()[0] for line in sh("ip", "netns", "list").splitlines() if line.strip()]

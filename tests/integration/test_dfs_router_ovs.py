@@ -16,6 +16,7 @@ from collections.abc import Callable
 import pytest
 
 from nodes.dfsd import read_kernel_routes
+from nodes.ovsbed import ns, ovs_problem, sh
 from slbcore.dfs.config import Route, RouteTable, parse_config
 from tests.integration.test_dfs_ovs import (
     NS_C,
@@ -26,9 +27,6 @@ from tests.integration.test_dfs_ovs import (
     DfsBed,
     curl,
     make_bed,
-    ns,
-    ovs_problem,
-    sh,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.needs_root]
