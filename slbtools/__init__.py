@@ -1,1 +1,1 @@
-"""Tools around the CS/DFS wire protocol: scapy layers, a hex/pcap decoder CLI."""
+"""Tools around the CS/DFS wire protocol: scapy layers, a hex/pcap decoder CLI, a scripted CS peer."""
