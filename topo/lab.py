@@ -29,7 +29,7 @@ from topo.spec import Spec
 T = TypeVar("T")
 
 # What a healthy daemon never writes: Python tracebacks and OpenFlow errors from the switch.
-BAD_LOG_RE = re.compile(r"Traceback \(most recent call last\)|OFPErrorMsg|EventOFPErrorMsg|OpenFlow error")
+BAD_LOG_RE = re.compile(r"Traceback \(most recent call last\)|OFPErrorMsg|openflow_error\.")
 
 
 def wait_for(what: str, check: Callable[[], T], timeout: float = 10.0, interval: float = 0.1) -> T:
@@ -164,6 +164,12 @@ class Lab:
                 for line in d.log_text().splitlines():
                     if BAD_LOG_RE.search(line):
                         problems.append(f"{d.name}: {line.strip()}")
+        for dfs in self.dfs_nodes:
+            if any(d.running() for d in dfs.daemons):
+                # The log shows only the first error of a kind; the counters show every one.
+                errors = dfs.status().get("errors", {})
+                bad = {k: n for k, n in errors.items() if k.startswith("openflow_error")}
+                problems += [f"{dfs.name}: {k} x{n}" for k, n in bad.items()]
         return problems
 
     def client_of(self, name: str) -> ClientNode:
