@@ -280,10 +280,19 @@ def test_idle_timeout_delete_counters_equal_the_bytes_exchanged(lab: Lab) -> Non
     c = lab.client(0)
     c.count_traffic("10.0.0.100", 80)
     before = vs_row(lab, "rr")
+    dfs_before = lab.dfs.status()["counters"]
     out = c.cmd(f"{PY} -m nodes.httpclient http://10.0.0.100/ --requests 5 --mode keepalive")
     assert json.loads(out.strip().splitlines()[-1])["ok"] == 5
     wait_idle(lab, "rr", timeout=15)
     after = vs_row(lab, "rr")
+    dfs_after = lab.dfs.status()["counters"]
+    # Only the opening SYN reached the DFS process; every later packet stayed in the switch.
+    grew = {k: dfs_after.get(k, 0) - dfs_before.get(k, 0) for k in ("flows_offloaded", "held_packets")}
+    assert grew == {"flows_offloaded": 1, "held_packets": 1}
+    assert dfs_after.get("packet_ins_after_offload", 0) == dfs_before.get("packet_ins_after_offload", 0)
+    packet_ins = dfs_after["packet_ins"] - dfs_before["packet_ins"]
+    arp = sum(dfs_after.get(k, 0) - dfs_before.get(k, 0) for k in ("arp_requests", "arp_replies"))
+    assert packet_ins <= 1 + arp, (packet_ins, arp)
     wire = c.counted()
     sent_pkts, sent_bytes = wire["sent"]
     recv_pkts, recv_bytes = wire["received"]
