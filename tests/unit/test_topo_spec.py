@@ -122,3 +122,11 @@ def test_toml_writer_quotes_and_nests() -> None:
     assert tomllib.loads(dumps(doc)) == doc
     with pytest.raises(ValueError):
         dumps({"x": float("nan")})
+
+
+def test_readme_testbed_example_is_valid() -> None:
+    """The testbed shown in the README parses and builds, so a user can start from it."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    spec = parse_spec(tomllib.loads(block), "README.md")
+    assert SpecTopo(spec=spec).hosts()
