@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         ) if total else None
         ok = report(lab, results, flow_tables, started)
     print(
-        "\nTry next:\n"
+        "\nTry next (after `source .venv/bin/activate`):\n"
         "  slb-topo topo/configs/default.toml --cli     # the same testbed, interactive: vs, flows, stats\n"
         "  slb-topo topo/configs/multi-vip.toml         # several VIPs, algorithms, a DFS_ASSIST VIP\n"
         "  slb-topo topo/configs/ecmp.toml              # two DFS nodes behind an ECMP router\n"
