@@ -335,6 +335,36 @@ def to_controller(dp: Any) -> list[Any]:
     ]
 
 
+# Scratch registers the opening-packet entries copy the client's address and port into; nothing
+# reads them (the DFS_ASSIST pipeline uses reg0 and reg3).
+REG_CLIENT_ADDR, REG_CLIENT_PORT = "reg6", "reg7"
+
+
+def to_controller_per_flow(dp: Any, proto: int) -> list[Any]:
+    """Like :func:`to_controller`, but the cached datapath megaflow is exact on the client.
+
+    OVS caches the "to controller" datapath megaflow of a flow's first packet with only as much
+    of the source address and port as its classifier had to look at (a few prefix bits), so the
+    next connection's first packet can hit that megaflow. OVS's revalidator later credits the
+    megaflow's packets to whatever entry its original packet now classifies to: the first flow's
+    forward entry, which then counts another connection's SYN that the DFS counts as well.
+    Copying the client's address and port into scratch registers makes OVS put both into the
+    megaflow, so a connection's first packet is only ever cached for that connection.
+    """
+    ofp, p = dp.ofproto, dp.ofproto_parser
+    sport = _l4_names(proto)[0]
+    return [
+        p.OFPInstructionActions(
+            ofp.OFPIT_APPLY_ACTIONS,
+            [
+                p.NXActionRegMove(src_field="ipv4_src", dst_field=REG_CLIENT_ADDR, n_bits=32),
+                p.NXActionRegMove(src_field=sport, dst_field=REG_CLIENT_PORT, n_bits=16),
+                p.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER),
+            ],
+        )
+    ]
+
+
 def add_entry(
     dp: Any, cookie: int, priority: int, match: Any, instructions: list[Any], table_id: int = 0
 ) -> Any:
@@ -551,7 +581,9 @@ def vs_entries(
     puts the flags into the datapath megaflow that OVS caches for the SYN, so the client's next
     segment (the handshake ACK) misses that cached "to controller" megaflow and is classified
     afresh, against the flow's entries the DFS installed before it released the SYN. Without it
-    the ACK usually follows the SYN to the controller until OVS revalidates its cache.
+    the ACK usually follows the SYN to the controller until OVS revalidates its cache. The
+    entries that send a CS_ASSIST flow's first packet up also make that megaflow exact on the
+    client's address and port (:func:`to_controller_per_flow`).
     """
     ofp, p = dp.ofproto, dp.ofproto_parser
     cookie = make_cookie(KIND_DISPATCH, epoch, index)
@@ -560,11 +592,13 @@ def vs_entries(
     if group_id is not None:
         inst = [p.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, [p.OFPActionGroup(group_id)])]
         return [add_entry(dp, cookie, priority, match, inst)]
-    if proto != IPPROTO_TCP or not cs_assist:
+    if not cs_assist or proto not in (IPPROTO_TCP, IPPROTO_UDP):
         return [add_entry(dp, cookie, priority, match, to_controller(dp))]
+    if proto == IPPROTO_UDP:
+        return [add_entry(dp, cookie, priority, match, to_controller_per_flow(dp, proto))]
     opening = vs_match(dp, proto, vip, vport, wild_addr, wild_port, tcp_flags=TCP_OPENING)
     return [
-        add_entry(dp, cookie, priority + 1, opening, to_controller(dp)),
+        add_entry(dp, cookie, priority + 1, opening, to_controller_per_flow(dp, proto)),
         add_entry(dp, cookie, priority, match, to_controller(dp)),
     ]
 

@@ -4,7 +4,7 @@ Feed it the messages the DFS returns (:meth:`FakeSwitch.apply`), then ask where 
 (:meth:`FakeSwitch.send`). Packets are dicts of OXM field names (``eth_src``, ``ipv4_dst``,
 ``tcp_dst``...); results come back the same way, with addresses as strings. It models what the
 DFS relies on: priorities, exact and masked matches, cookies with masks, set-field / output /
-group / controller actions, select groups with weighted hashing, the Nicira ``learn`` and
+group / controller actions, select groups with weighted hashing, the Nicira ``learn``, ``move`` and
 ``fin_timeout`` actions, idle timeouts, flow-removed with counters, and flow-stats requests.
 """
 
@@ -328,6 +328,10 @@ class FakeSwitch:
                 events += self._group(pkt, a.group_id)
             elif isinstance(a, parser.NXActionLearn):
                 self._learn(pkt, a)
+            elif isinstance(a, parser.NXActionRegMove):
+                mask = (1 << a.n_bits) - 1
+                bits = (pkt.get(a.src_field, 0) >> a.src_ofs) & mask
+                pkt[a.dst_field] = (pkt.get(a.dst_field, 0) & ~(mask << a.dst_ofs)) | (bits << a.dst_ofs)
             elif isinstance(a, parser.NXActionResubmitTable):
                 events += self._table(pkt, a.table_id)
             elif isinstance(a, parser.NXActionFinTimeout):

@@ -776,3 +776,28 @@ def test_bad_packets_are_counted_not_raised() -> None:
     rig.feed(rig.engine.packet_in(1, b"\x00" * 12 + b"\x86\xdd" + b"\x00" * 40, 0))
     assert rig.engine.errors["bad_packet.short_ethernet"] == 1
     assert rig.engine.errors["bad_packet.unsupported_ethertype"] == 1
+
+
+@pytest.mark.parametrize("proto", [6, 17])
+def test_first_packet_entry_makes_the_cached_megaflow_exact_on_the_client(proto: int) -> None:
+    """OVS credits a cached "to controller" megaflow to whatever entry its first packet later
+    hits; a megaflow shared by two connections would count one's SYN in the other's DELETE.
+    Reading the client's address and port (a register move) makes OVS cache them exactly."""
+    rig = make_rig()
+    neighbours(rig)
+    add_vs(rig, VsFlag.TRANSLATE_ADDR, port=80 if proto == 6 else 53, proto=proto)
+    dispatch = rig.switch.find(rules.make_cookie(rules.KIND_DISPATCH, 0, 0), rules.MASK_KIND)
+    first = max(dispatch, key=lambda e: e.priority)
+    sport = "tcp_src" if proto == 6 else "udp_src"
+    read = {
+        (a.src_field, a.n_bits)
+        for a in first.actions
+        if isinstance(a, rules.OF13.ofproto_parser.NXActionRegMove)
+    }
+    assert read == {("ipv4_src", 32), (sport, 16)}
+    # the other entries (the TCP catch-all refuses unknown segments) stay wide
+    assert all(not any(hasattr(a, "src_field") for a in e.actions) for e in dispatch if e is not first)
+    pkt = client_tcp(TCP_SYN) if proto == 6 else build_udp(CLIENT_MAC, A1, CLIENT, VIP, 5353, 53, b"q")
+    rig.send(1, pkt)
+    (q,) = rig.take_ssmb()
+    assert isinstance(q, ssmb.Query) and q.orig_src_ipaddr == CLIENT and q.proto == proto
