@@ -157,16 +157,31 @@ def report(lab: Lab, results: dict[str, Any], flow_tables: dict[str, str], start
         sent_b = sum(w.get("sent", (0, 0))[1] for w in r["wire"].values())
         recv_b = sum(w.get("received", (0, 0))[1] for w in r["wire"].values())
         vs = next((v for v in counter(cs_status, "virtual_servers", default=[]) if v.get("name") == name), {})
+        exact = (
+            vs.get("inbound_pkts"),
+            vs.get("inbound_bytes"),
+            vs.get("outbound_pkts"),
+            vs.get("outbound_bytes"),
+        ) == (
+            sent,
+            sent_b + 14 * sent,
+            recv,
+            recv_b + 14 * recv,
+        )
         rows.append(
             [
                 name,
+                "yes" if exact else "NO",
                 f"{sent} pkts / {sent_b} B",
                 f"{recv} pkts / {recv_b} B",
                 f"{vs.get('inbound_pkts', '?')} pkts / {vs.get('inbound_bytes', '?')} B",
                 f"{vs.get('outbound_pkts', '?')} pkts / {vs.get('outbound_bytes', '?')} B",
             ]
         )
-    table(rows, ["VIP", "clients sent (IP)", "clients received (IP)", "DELETE inbound", "DELETE outbound"])
+    table(
+        rows,
+        ["VIP", "equal", "clients sent (IP)", "clients received (IP)", "DELETE inbound", "DELETE outbound"],
+    )
     print("  (the switch counts Ethernet frames: its bytes = IP bytes + 14 per packet)")
 
     for dfs in lab.dfs_nodes:

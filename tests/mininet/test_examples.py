@@ -38,6 +38,8 @@ def test_demo_serves_every_request_and_reports(no_leftovers: None) -> None:
     served = re.search(r"^\s+web\s+(\d+)\s+0\s+(.*)$", text, re.M)
     assert served and int(served.group(1)) == 18, text[-3000:]
     assert {"web1", "web2", "web3"} <= set(re.findall(r"(web\d)=", served.group(2)))
+    # The switch's per-flow counters, summed over DELETEs, equal what the clients put on the wire.
+    assert re.search(r"^\s+web\s+yes\s", text, re.M), text[-3000:]
 
 
 def test_user_copies_the_default_testbed_and_changes_the_pool(tmp_path: Path, no_leftovers: None) -> None:
