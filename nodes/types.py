@@ -85,6 +85,15 @@ class SlbNode(OffloadFreeHost):
         d.start(timeout=timeout)
         return d
 
+    def write_config(self, config: dict[str, Any], run_dir: Path, check_argv: list[str]) -> Path:
+        """Write ``config`` as TOML and run the daemon's own check on it (``check_argv`` + path)."""
+        self.config_path = run_dir / f"{self.name}.toml"
+        self.config_path.write_text(dumps(config))
+        check = subprocess.run([*check_argv, str(self.config_path)], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise DaemonError(f"{self.name}: configuration refused:\n{check.stdout}{check.stderr}")
+        return self.config_path
+
     def stop_daemons(self) -> None:
         """Stop every daemon of this node, newest first."""
         for d in reversed(self.daemons):
@@ -147,15 +156,7 @@ class CSNode(SlbNode):
     def start_cs(self, config: dict[str, Any], run_dir: Path, remember: Any = None) -> Daemon:
         """Write the config, check it, start the CS, wait until ready."""
         self.status_port = int(config.get("cs", {}).get("status_port", 7780))
-        self.config_path = run_dir / f"{self.name}.toml"
-        self.config_path.write_text(dumps(config))
-        check = subprocess.run(
-            [PY, "-m", "nodes.csd", "--check", "--config", str(self.config_path)],
-            capture_output=True,
-            text=True,
-        )
-        if check.returncode != 0:
-            raise DaemonError(f"{self.name}: configuration refused:\n{check.stdout}{check.stderr}")
+        self.write_config(config, run_dir, [PY, "-m", "nodes.csd", "--check", "--config"])
         return self.start_daemon(
             "csd", [PY, "-m", "nodes.csd", "--config", str(self.config_path)], run_dir, remember
         )
@@ -188,13 +189,7 @@ class DFSNode(SlbNode):
         """Write the config, start the DFS, attach its switch, wait until the switch is connected."""
         self.status_port = int(config.get("status", {}).get("port", 7790))
         self.switch_name = config["dfs"]["switch"]
-        self.config_path = run_dir / f"{self.name}.toml"
-        self.config_path.write_text(dumps(config))
-        check = subprocess.run(
-            [PY, "-m", "nodes.dfsd", "--check", str(self.config_path)], capture_output=True, text=True
-        )
-        if check.returncode != 0:
-            raise DaemonError(f"{self.name}: configuration refused:\n{check.stdout}{check.stderr}")
+        self.write_config(config, run_dir, [PY, "-m", "nodes.dfsd", "--check"])
         d = self.start_daemon("dfsd", [PY, "-m", "nodes.dfsd", str(self.config_path)], run_dir, remember)
         # OVS reaches a controller in another namespace only through a unix socket under
         # /var/run/openvswitch; the daemon accepts OVS on that socket itself.
