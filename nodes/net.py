@@ -181,6 +181,9 @@ class Testbed:
         mininet_args.setdefault("autoSetMacs", True)
         mininet_args.setdefault("waitConnected", False)
         self._mininet_args = mininet_args
+        # Mininet's Node.popen(..., shell=True) and its CLI read $SHELL unguarded; CI runners and
+        # `env -i` start without it.
+        os.environ.setdefault("SHELL", "/bin/sh")
         if quiet:
             setLogLevel("warning")
 

@@ -8,7 +8,6 @@ their own name; it then checks what the clients saw and what the CS and DFS coun
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 import time
 from collections import Counter
@@ -79,9 +78,8 @@ def long_download(lab: Lab, url: str, client: int = 1, seconds: float = 20.0) ->
     node = lab.client(client)
     size = int(seconds * 20_000)
     headers = lab.run_dir / f"long-{time.monotonic_ns()}.hdr"
-    target = shlex.quote(f"{url}bytes/{size}")
-    cmd = f"curl -s --limit-rate 20k --max-time {seconds + 5:g} -o /dev/null -D {headers} {target}"
-    proc = node.popen(cmd, shell=True)
+    argv = ["curl", "-s", "--limit-rate", "20k", "--max-time", f"{seconds + 5:g}", "-o", "/dev/null"]
+    proc = node.popen([*argv, "-D", str(headers), f"{url}bytes/{size}"])
     info: dict[str, Any] = {"proc": proc, "headers": headers}
     try:
         wait_for(f"the download from {url} to start", lambda: "X-Backend" in _read(headers), timeout=5)
