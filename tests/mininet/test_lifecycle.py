@@ -80,9 +80,8 @@ def test_bad_reload_keeps_the_old_configuration(lab: Lab) -> None:
 
 def test_cs_restart_resets_the_dfs_and_service_resumes(lab: Lab) -> None:
     """A new CS process sends RESET: the DFS drops every flow, then serves again with the CS's VIPs."""
-    with_long = lab.client(1).popen(
-        "curl -s --limit-rate 20k --max-time 30 -o /dev/null http://10.0.0.100/bytes/600000".split()
-    )
+    curl = ["curl", "-s", "--limit-rate", "20k", "--max-time", "30", "-o", "/dev/null"]
+    with_long = lab.client(1).popen([*curl, "http://10.0.0.100/bytes/600000"])
     try:
         wait_for("a flow in the DFS", lambda: lab.dfs.status()["flows_active"] >= 1, timeout=5)
         resets = lab.dfs.status()["counters"].get("flow_resets", 0)
