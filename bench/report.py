@@ -357,6 +357,14 @@ def _scaling_section(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _ovs_tuning(tuning: Any) -> str:
+    """The sentence saying which OVS settings the testbed set for the run, if any."""
+    if not tuning:
+        return ""
+    pairs = ", ".join(f"`{key}={value}`" for key, value in sorted(tuning.items()))
+    return f" Open vSwitch other_config for the whole run (every path alike): {pairs}."
+
+
 def render_markdown(doc: dict[str, Any], plots: list[str]) -> str:
     """The whole REPORT.md text."""
     m = doc.get("machine", {})
@@ -388,7 +396,8 @@ def render_markdown(doc: dict[str, Any], plots: list[str]) -> str:
             "(req/s and latency under that load); bulk is one curl download of "
             f"{fmt((st.get('bulk_bytes') or 0) / 2**20)} MiB; connect latency is {st.get('probe_count')} "
             "sequential, unloaded handshakes. In parentheses: the ratio to the ceiling of the same run. "
-            "Flow setup = connect p50 minus the ceiling's connect p50.",
+            "Flow setup = connect p50 minus the ceiling's connect p50."
+            + _ovs_tuning(st.get("ovs_other_config")),
             "",
         ]
     out += _table(SCENARIO_HEADER, scenario_rows(doc))

@@ -1342,6 +1342,7 @@ def run_topology(settings: Settings, config: Path = BENCH_TOML) -> dict[str, Any
             "keepalive_connections": settings.keepalive_connections,
             "bulk_bytes": settings.bulk_bytes,
             "probe_count": settings.probe_count,
+            "ovs_other_config": dict(spec.ovs_other_config),
         },
     }
     doc["notes"] = backend_notes()

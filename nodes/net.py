@@ -170,11 +170,18 @@ class Testbed:
 
     __test__ = False  # a context manager, not a pytest test class
 
-    def __init__(self, topo: Topo, quiet: bool = True, **mininet_args: Any) -> None:
+    def __init__(
+        self,
+        topo: Topo,
+        quiet: bool = True,
+        ovs_other_config: dict[str, str] | None = None,
+        **mininet_args: Any,
+    ) -> None:
         self.topo = topo
         self.net: Mininet | None = None
         self.state_file = STATE_DIR / f"net-{os.getpid()}-{id(self):x}.json"
-        self._state: dict[str, list[Any]] = {"bridges": [], "pids": []}
+        self._state: dict[str, Any] = {"bridges": [], "pids": [], "ovs_other_config": {}}
+        self.ovs_other_config = dict(ovs_other_config or {})
         mininet_args.setdefault("host", OffloadFreeHost)
         mininet_args.setdefault("switch", UserSwitch)
         mininet_args.setdefault("controller", None)
@@ -235,6 +242,7 @@ class Testbed:
         self._state["bridges"] = list(self.topo.switches())
         self._save_state()
         try:
+            self._tune_ovs()
             self.net = Mininet(topo=self.topo, build=False, **self._mininet_args)
             self.net.build()
             for node in self.net.hosts + self.net.switches:
@@ -259,6 +267,7 @@ class Testbed:
             self.net = None
         remove_bridges(self._state["bridges"])
         kill_pids(self._state["pids"])
+        restore_ovs_other_config(self._state["ovs_other_config"])
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
         self._unlock()
@@ -267,7 +276,45 @@ class Testbed:
         """What of this testbed still exists (empty when teardown was complete)."""
         found = [f"bridge {b}" for b in self._state["bridges"] if bridge_exists(b)]
         found += [f"pid {p}" for p in self._state["pids"] if pid_alive(p)]
+        found += [
+            f"OVS other_config:{key}={ovs_other_config_get(key)} (was {old})"
+            for key, old in self._state["ovs_other_config"].items()
+            if ovs_other_config_get(key) != old
+        ]
         return found
+
+    def _tune_ovs(self) -> None:
+        """Apply the testbed's OVS other_config settings, first recording each key's old value."""
+        for key, value in self.ovs_other_config.items():
+            self._state["ovs_other_config"].setdefault(key, ovs_other_config_get(key))
+            self._save_state()
+            subprocess.run(
+                ["ovs-vsctl", "--timeout=5", "set", "Open_vSwitch", ".", f"other_config:{key}={value}"],
+                check=True,
+                capture_output=True,
+            )
+
+
+def ovs_other_config_get(key: str) -> str | None:
+    """The value of ``Open_vSwitch . other_config:key``, or None when it is not set."""
+    done = subprocess.run(
+        ["ovs-vsctl", "--timeout=5", "--if-exists", "get", "Open_vSwitch", ".", f"other_config:{key}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    value = done.stdout.strip()
+    return value.strip('"') if done.returncode == 0 and value else None
+
+
+def restore_ovs_other_config(saved: dict[str, str | None]) -> None:
+    """Put back OVS other_config values recorded before a testbed changed them (None: unset)."""
+    for key, old in saved.items():
+        if old is None:
+            argv = ["remove", "Open_vSwitch", ".", "other_config", key]
+        else:
+            argv = ["set", "Open_vSwitch", ".", f"other_config:{key}={old}"]
+        subprocess.run(["ovs-vsctl", "--timeout=5", *argv], capture_output=True, check=False)
 
 
 def bridge_exists(name: str) -> bool:
@@ -309,9 +356,36 @@ def kill_pids(pids: list[int], grace: float = 3.0) -> None:
 
 def clean_leftovers() -> list[str]:
     """Remove what killed runs left (bridges, processes, veths named in state files); say what."""
-    done: list[str] = []
     if not STATE_DIR.is_dir():
-        return done
+        return []
+    return [done for state_file in sorted(STATE_DIR.glob("*.json")) for done in clean_state_file(state_file)]
+
+
+def clean_state_file(state_file: Path) -> list[str]:
+    """Undo what one killed run recorded in ``state_file``, then remove the file; say what was done."""
+    done: list[str] = []
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        state = {}
+    bridges = [b for b in state.get("bridges", []) if bridge_exists(b)]
+    pids = [p for p in state.get("pids", []) if pid_alive(p)]
+    remove_bridges(bridges)
+    kill_pids(pids)
+    done += [f"bridge {b}" for b in bridges] + [f"pid {p}" for p in pids]
+    tuned = state.get("ovs_other_config")
+    tuned = tuned if isinstance(tuned, dict) else {}
+    changed = {k: v for k, v in tuned.items() if ovs_other_config_get(k) != v}
+    restore_ovs_other_config(changed)
+    done += [f"OVS other_config:{key} restored" for key in changed]
+    for veth in state.get("veths", []):
+        if subprocess.run(["ip", "link", "del", veth], capture_output=True, check=False).returncode == 0:
+            done.append(f"veth {veth}")
+    for ns in state.get("netns", []):
+        if subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False).returncode == 0:
+            done.append(f"netns {ns}")
+    state_file.unlink(missing_ok=True)
+    return done
     for state_file in sorted(STATE_DIR.glob("*.json")):
         try:
             state = json.loads(state_file.read_text())
@@ -322,6 +396,11 @@ def clean_leftovers() -> list[str]:
         remove_bridges(bridges)
         kill_pids(pids)
         done += [f"bridge {b}" for b in bridges] + [f"pid {p}" for p in pids]
+        tuned = state.get("ovs_other_config")
+        tuned = tuned if isinstance(tuned, dict) else {}
+        changed = {k: v for k, v in tuned.items() if ovs_other_config_get(k) != v}
+        restore_ovs_other_config(changed)
+        done += [f"OVS other_config:{key} restored" for key in changed]
         for veth in state.get("veths", []):
             if subprocess.run(["ip", "link", "del", veth], capture_output=True, check=False).returncode == 0:
                 done.append(f"veth {veth}")

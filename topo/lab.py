@@ -57,7 +57,9 @@ class Lab:
         self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix=f"slb-{spec.name}-"))
         self.start_daemons = start_daemons
         classes = {**NODE_CLASSES, "switch": UserSwitch, "dfs_switch": DFSSwitch}
-        self.testbed = Testbed(SpecTopo(spec=spec, node_classes=classes))
+        self.testbed = Testbed(
+            SpecTopo(spec=spec, node_classes=classes), ovs_other_config=dict(spec.ovs_other_config)
+        )
         self.net: Any = None
         # Node shells inherit PATH: put the venv's console scripts (cs, dfs, slb-decode) on it.
         venv_bin = str(Path(sys.executable).parent)

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
+OVS_KEY_RE = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
+OVS_VALUE_RE = re.compile(r"^[A-Za-z0-9._:,/-]{1,128}$")
 
 
 class SpecError(ValueError):
@@ -118,6 +120,8 @@ class Spec:
     routers: tuple[Router, ...]
     cs_settings: dict[str, Any]
     virtual_servers: tuple[dict[str, Any], ...]
+    #: Open vSwitch tuning (``Open_vSwitch . other_config``) set while the testbed runs, restored after.
+    ovs_other_config: tuple[tuple[str, str], ...] = ()
 
     def segment(self, name: str) -> Segment:
         """The segment called ``name``."""
@@ -219,6 +223,24 @@ class _Reader:
         except (ValueError, TypeError) as exc:
             raise self.fail(path, f"not an IPv4 network ({exc}): {value!r}") from None
 
+    def ovs_other_config(self, value: Any, path: str) -> tuple[tuple[str, str], ...]:
+        """``{ max-idle = 300 }``: OVS other_config keys with integer, boolean or word values."""
+        table = self.table(value, path)
+        items = []
+        for key, val in sorted(table.items()):
+            if not OVS_KEY_RE.match(key):
+                raise self.fail(f"{path}.{key}", "not an OVS other_config key (lower-case words and '-')")
+            if isinstance(val, bool):
+                text = "true" if val else "false"
+            elif isinstance(val, int) and val >= 0:
+                text = str(val)
+            elif isinstance(val, str) and OVS_VALUE_RE.match(val):
+                text = val
+            else:
+                raise self.fail(f"{path}.{key}", f"expected an integer >= 0, boolean or word, got {val!r}")
+            items.append((key, text))
+        return tuple(items)
+
     def int(self, value: Any, path: str, lo: int, hi: int) -> int:
         if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
             raise self.fail(path, f"expected an integer in {lo}..{hi}, got {value!r}")
@@ -246,8 +268,9 @@ def parse_spec(doc: dict[str, Any], source: str = "<testbed>") -> Spec:
         "top level",
     )
     tb = r.table(doc.get("testbed", {}), "testbed")
-    r.keys(tb, {"name", "description", "mgmt_subnet"}, "testbed")
+    r.keys(tb, {"name", "description", "mgmt_subnet", "ovs_other_config"}, "testbed")
     mgmt = r.network(tb.get("mgmt_subnet", "10.255.0.0/24"), "testbed.mgmt_subnet")
+    ovs_tuning = r.ovs_other_config(tb.get("ovs_other_config", {}), "testbed.ovs_other_config")
     mgmt_hosts = iter(mgmt.hosts())
     names: set[str] = {"mgmt"}
 
@@ -394,6 +417,7 @@ def parse_spec(doc: dict[str, Any], source: str = "<testbed>") -> Spec:
         description=str(tb.get("description", "")),
         source=source,
         mgmt_subnet=mgmt,
+        ovs_other_config=ovs_tuning,
         segments=tuple(segments),
         cs=tuple(cs_nodes),
         dfs=tuple(dfs_nodes),

@@ -83,7 +83,12 @@ def test_static_scenarios_produce_numbers(tmp_path: Path, no_leftovers: None) ->
         assert all(_positive(topo["ratios"][name][m]) for m in RATES), topo["ratios"][name]
     machine = doc["machine"]
     assert machine["cores"] and machine["kernel"] and "Open vSwitch" in (machine["ovs"] or "")
-    assert "\n| ceiling (static switch path) | " in (tmp_path / "REPORT.md").read_text()
+    md = (tmp_path / "REPORT.md").read_text()
+    assert "\n| ceiling (static switch path) | " in md
+    # bench.toml's OVS tuning was in force for the run, is reported, and was put back afterwards.
+    assert topo["settings"]["ovs_other_config"] == {"max-idle": "300"}
+    assert "Open vSwitch other_config for the whole run (every path alike): `max-idle=300`." in md
+    assert not [x for x in topo["leftovers"] if "other_config" in x]
     assert (tmp_path / "ratios.png").stat().st_size > 1000
     assert "== benchmark summary" in proc.stdout and "haproxy" in proc.stdout
     assert not [

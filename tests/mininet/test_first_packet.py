@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,12 @@ import pytest
 from mininet.topo import Topo
 
 from nodes.daemon import Daemon
-from nodes.net import Testbed
+from nodes.net import (
+    Testbed,
+    clean_state_file,
+    ovs_other_config_get,
+    restore_ovs_other_config,
+)
 
 pytestmark = pytest.mark.mininet
 
@@ -52,3 +58,25 @@ def test_http_get_through_userspace_switch(tmp_path: Path, no_leftovers: None) -
         finally:
             server.stop()
     assert bed.leftovers() == []
+
+
+def test_ovs_tuning_applies_during_the_run_and_is_restored(tmp_path: Path, no_leftovers: None) -> None:
+    """A testbed's OVS other_config is set during the run and put back after, also by `make clean`."""
+    before = ovs_other_config_get("max-idle")
+    bed = Testbed(OneSwitch(), ovs_other_config={"max-idle": "4321"})
+    with bed:
+        assert ovs_other_config_get("max-idle") == "4321"
+    assert ovs_other_config_get("max-idle") == before
+    assert bed.leftovers() == []
+
+    # A run killed before its teardown leaves its state file; `make clean` puts the value back.
+    state = tmp_path / "net-killed-run.json"
+    state.write_text(json.dumps({"bridges": [], "pids": [], "ovs_other_config": {"max-idle": before}}))
+    try:
+        subprocess.run(["ovs-vsctl", "set", "Open_vSwitch", ".", "other_config:max-idle=4321"], check=True)
+        assert "OVS other_config:max-idle restored" in clean_state_file(state)
+        assert ovs_other_config_get("max-idle") == before
+        assert not state.exists()
+    finally:
+        state.unlink(missing_ok=True)
+        restore_ovs_other_config({"max-idle": before})

@@ -93,6 +93,22 @@ def mutate(path: list[Any], value: Any) -> dict[str, Any]:
             "10.0.1.0/24",
             "segment[1].subnet: 10.0.1.0/24 overlaps the management subnet",
         ),
+        (["testbed", "ovs_other_config"], 300, "testbed.ovs_other_config: expected a table"),
+        (
+            ["testbed", "ovs_other_config"],
+            {"Max Idle": 300},
+            "testbed.ovs_other_config.Max Idle: not an OVS other_config key",
+        ),
+        (
+            ["testbed", "ovs_other_config"],
+            {"max-idle": -1},
+            "testbed.ovs_other_config.max-idle: expected an integer >= 0, boolean or word, got -1",
+        ),
+        (
+            ["testbed", "ovs_other_config"],
+            {"max-idle": "300; rm"},
+            "testbed.ovs_other_config.max-idle: expected an integer >= 0",
+        ),
     ],
 )
 def test_bad_testbed_names_file_key_and_problem(path: list[Any], value: Any, expected: str) -> None:
@@ -101,6 +117,14 @@ def test_bad_testbed_names_file_key_and_problem(path: list[Any], value: Any, exp
         parse_spec(mutate(path, value), "my.toml")
     assert str(info.value).startswith("my.toml: ")
     assert expected in str(info.value)
+
+
+def test_ovs_tuning_is_read_as_strings_for_ovs_vsctl() -> None:
+    """Integers, booleans and words become the strings ovs-vsctl sets; none given means none."""
+    assert parse_spec(default_doc()).ovs_other_config == ()
+    doc = mutate(["testbed", "ovs_other_config"], {"max-idle": 300, "n-handler-threads": 1, "x-y": True})
+    expected = (("max-idle", "300"), ("n-handler-threads", "1"), ("x-y", "true"))
+    assert parse_spec(doc).ovs_other_config == expected
 
 
 def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
