@@ -29,12 +29,13 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from slbcore.dfs.config import ConfigError, DfsConfig, Route, RouteResult, RouteTable, load_config
-from slbcore.dfs.engine import DfsEngine, SsmbOut
+from slbcore.dfs.engine import ZERO_IP, DfsEngine, SsmbOut
 from slbproto import csmb
 from slbproto.errors import ProtocolError
 from slbproto.peer import SsmbReceiver, SsmbSender
@@ -243,10 +244,13 @@ def ssmb_loop(buses: Buses, runtime: Any) -> None:
 def csmb_loop(buses: Buses, runtime: Any) -> None:
     """Keep a CSMB connection to the CS, reconnecting with exponential backoff."""
     cfg, backoff = buses.cfg, BACKOFF_MIN
+    target = cfg.cs_ipaddr
     while not buses.stop.is_set():
         try:
-            sock = socket.create_connection((cfg.cs_ipaddr, cfg.cs_csmb_port), timeout=2)
+            sock = socket.create_connection((target, cfg.cs_csmb_port), timeout=2)
         except OSError:
+            # The other CS of an active/standby pair gets the next try.
+            target = _other_cs(cfg, runtime, target)
             buses.stop.wait(backoff)
             backoff = min(BACKOFF_MAX, backoff * 2)
             continue
@@ -255,7 +259,9 @@ def csmb_loop(buses: Buses, runtime: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with buses.tcp_lock:
             buses.tcp = sock
-        LOG.info("CSMB connected to %s:%d", cfg.cs_ipaddr, cfg.cs_csmb_port)
+        key = f"csmb_connects.{target}"
+        buses.counters[key] = buses.counters.get(key, 0) + 1
+        LOG.info("CSMB connected to %s:%d", target, cfg.cs_csmb_port)
         runtime.run(lambda e, now: e.csmb_connected(now))
         decoder = csmb.StreamDecoder()
         try:
@@ -282,7 +288,16 @@ def csmb_loop(buses: Buses, runtime: Any) -> None:
             sock.close()
         runtime.run(lambda e, now: e.csmb_disconnected(now))
         LOG.info("CSMB disconnected")
+        target = _other_cs(cfg, runtime, target)
         buses.stop.wait(backoff)
+
+
+def _other_cs(cfg: DfsConfig, runtime: Any, current: str) -> str:
+    """Where to connect after losing ``current``: the other CS of the pair, if there is one."""
+    announced = runtime.snapshot(lambda e: e.cs_standby if e.redundant else ZERO_IP)
+    pair = [cfg.cs_ipaddr, cfg.cs_standby_ipaddr or announced]
+    others = [ip for ip in pair if ip and ip != ZERO_IP and ip != current]
+    return others[0] if others else cfg.cs_ipaddr
 
 
 def timer_loop(buses: Buses, runtime: Any) -> None:
@@ -291,6 +306,24 @@ def timer_loop(buses: Buses, runtime: Any) -> None:
         runtime.run(lambda e, now: e.tick(now))
         with runtime.lock:
             buses.poll_ssmb(time.monotonic())
+
+
+def _supervised(
+    name: str, stop: threading.Event, counters: dict[str, int], loop: Callable[..., None], *args: Any
+) -> threading.Thread:
+    """A thread running ``loop`` that logs a bug and starts the loop again instead of dying silently."""
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                loop(*args)
+                return
+            except Exception:
+                LOG.exception("the %s loop failed; restarting it", name)
+                counters[f"{name}_loop_restarts"] = counters.get(f"{name}_loop_restarts", 0) + 1
+                stop.wait(1.0)
+
+    return threading.Thread(target=run, name=name, daemon=True)
 
 
 def make_status_server(
@@ -407,9 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     unix_listener = UnixOpenFlowListener(cfg.unix_socket, stop) if cfg.unix_socket else None
     status = make_status_server(runtime, buses, cfg.status_port, routes)
     threads = [
-        threading.Thread(target=ssmb_loop, args=(buses, runtime), name="ssmb", daemon=True),
-        threading.Thread(target=csmb_loop, args=(buses, runtime), name="csmb", daemon=True),
-        threading.Thread(target=timer_loop, args=(buses, runtime), name="timer", daemon=True),
+        _supervised("ssmb", stop, buses.counters, ssmb_loop, buses, runtime),
+        _supervised("csmb", stop, buses.counters, csmb_loop, buses, runtime),
+        _supervised("timer", stop, buses.counters, timer_loop, buses, runtime),
         threading.Thread(target=status.serve_forever, name="status", daemon=True),
     ]
     if unix_listener is not None:

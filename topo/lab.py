@@ -11,6 +11,7 @@ switch); :meth:`Lab.wait_ready` then waits until every DFS has its virtual serve
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -73,8 +74,21 @@ class Lab:
 
     @property
     def cs(self) -> CSNode:
-        """The (first) CS node."""
-        return self.net[self.spec.cs[0].name]  # type: ignore[no-any-return]
+        """The CS node: the active one of an active/standby pair."""
+        nodes = self.cs_nodes
+        if len(nodes) > 1:
+            # An active/standby pair: the one that is active now (the first if none says so).
+            for node in nodes:
+                if any(d.running() for d in node.daemons):
+                    with contextlib.suppress(DaemonError, OSError, ValueError):
+                        if node.status().get("role") == "active":
+                            return node
+        return nodes[0]
+
+    @property
+    def cs_nodes(self) -> list[CSNode]:
+        """Every CS node (two for an active/standby pair)."""
+        return [self.net[c.name] for c in self.spec.cs]
 
     @property
     def dfs_nodes(self) -> list[DFSNode]:

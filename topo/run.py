@@ -51,6 +51,20 @@ def smoke(lab: Lab, requests: int = 6) -> bool:
     return ok
 
 
+def restart_daemon(lab: Lab, name: str) -> None:
+    """Start the CS or DFS daemon of node ``name`` again with the configuration the testbed gave it."""
+    remember = lab.testbed.remember_pid
+    for spec_cs in lab.spec.cs:
+        if spec_cs.name == name:
+            lab.node(name).start_cs(lab.spec.cs_config(spec_cs), lab.run_dir, remember)
+            return
+    for spec_d in lab.spec.dfs:
+        if spec_d.name == name:
+            lab.node(name).start_dfs(lab.spec.dfs_config(spec_d), lab.run_dir, remember)
+            return
+    raise KeyError(f"{name} runs no CS or DFS daemon")
+
+
 def make_cli(lab: Lab) -> Any:
     """A Mininet CLI class with the testbed's own commands added."""
     from mininet.cli import CLI
@@ -72,10 +86,40 @@ def make_cli(lab: Lab) -> Any:
                 print(dfs.dump_flows())
 
         def do_stats(self, _line: str) -> None:
-            """stats: CS and DFS counters."""
-            print(
-                json.dumps({"cs": lab.cs.status(), **{d.name: d.status() for d in lab.dfs_nodes}}, indent=2)
-            )
+            """stats: CS and DFS counters (every CS of an active/standby pair)."""
+            running = [n for n in lab.cs_nodes + lab.dfs_nodes if any(d.running() for d in n.daemons)]
+            print(json.dumps({n.name: n.status() for n in running}, indent=2))
+
+        def do_stop(self, line: str) -> None:
+            """stop NODE: stop the CS or DFS daemon on NODE (to see what the other segment does)."""
+            node = self._daemon_node(line)
+            if node is not None:
+                node.stop_daemons()
+                print(f"{node.name}: daemon stopped")
+
+        def do_start(self, line: str) -> None:
+            """start NODE: start NODE's CS or DFS daemon again, with the testbed's configuration."""
+            node = self._daemon_node(line)
+            if node is None:
+                return
+            if any(d.running() for d in node.daemons):
+                print(f"{node.name}: already running")
+                return
+            node.daemons.clear()
+            try:
+                restart_daemon(lab, node.name)
+            except Exception as exc:  # a failed start is reported, the CLI goes on
+                print(f"{node.name}: did not start: {exc}")
+                return
+            print(f"{node.name}: daemon started")
+
+        def _daemon_node(self, line: str) -> Any:
+            name = line.strip()
+            names = [c.name for c in lab.spec.cs] + [d.name for d in lab.spec.dfs]
+            if name not in names:
+                print(f"usage: stop|start NODE, NODE one of: {' '.join(names)}")
+                return None
+            return lab.node(name)
 
     return SlbCLI
 

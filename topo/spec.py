@@ -135,6 +135,12 @@ class Spec:
             "status_listen": "127.0.0.1",
             **self.cs_settings,
         }
+        if len(self.cs) == 2:
+            # An active/standby pair: the first [[cs]] starts active, the second standby; each names
+            # the other, for state-shared copies and for the DFS to turn to.
+            other = self.cs[1] if cs == self.cs[0] else self.cs[0]
+            settings["standby"] = other.mgmt_ipaddr
+            settings["role"] = "active" if cs == self.cs[0] else "standby"
         return {"cs": settings, "virtual_server": [dict(vs) for vs in self.virtual_servers]}
 
     def dfs_config(self, dfs: DfsNode) -> dict[str, Any]:
@@ -149,7 +155,12 @@ class Spec:
                 "mgmt_ipaddr": dfs.mgmt_ipaddr,
                 "ssmb_port": 7700,
             },
-            "cs": {"ipaddr": primary.mgmt_ipaddr, "csmb_port": csmb_port, "ssmb_port": ssmb_port},
+            "cs": {
+                "ipaddr": primary.mgmt_ipaddr,
+                "csmb_port": csmb_port,
+                "ssmb_port": ssmb_port,
+                **({"standby_ipaddr": self.cs[1].mgmt_ipaddr} if len(self.cs) == 2 else {}),
+            },
             "openflow": {"listen_port": 6653, "unix_socket": f"/var/run/openvswitch/{dfs.name}.sock"},
             "status": {"port": 7790},
             "interface": [

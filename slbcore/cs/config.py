@@ -182,7 +182,11 @@ class CsSettings:
     ssmb_advertise: str | None = None
     status_listen: str = "127.0.0.1"
     status_port: int = 7780
+    # The other CS of an active/standby pair: state-shared messages are copied to it, and a DFS that
+    # loses this CS turns to it. ``role = "standby"``: start as the standby, replicating the active's
+    # flows from those copies and answering nothing, until a DFS connects (takeover).
     standby: str | None = None
+    role: str = "active"
     flow_idle_timeout: float = 60.0
     reap_interval: float = 1.0
     reap_response_timeout: float = 5.0
@@ -336,7 +340,15 @@ def _settings(r: _Reader, table: Any) -> CsSettings:
     allowed = set(CsSettings.__slots__)
     r.check_keys(table, allowed, "cs")
     p = "cs"
+
+    def role_ok(v: str) -> str | None:
+        return None if v in ("active", "standby") else f"{v!r} is not one of: active, standby"
+
+    role = r.get(table, "role", p, str, d.role, role_ok)
+    if role == "standby" and table.get("standby") is None:
+        r.problem("cs.standby", 'role = "standby" needs the address of the active CS here')
     return CsSettings(
+        role=role,
         csmb_listen=r.get(table, "csmb_listen", p, str, d.csmb_listen, _ipv4),
         csmb_port=r.get(table, "csmb_port", p, int, d.csmb_port, _port(True)),
         ssmb_listen=r.get(table, "ssmb_listen", p, str, d.ssmb_listen, _ipv4),

@@ -277,6 +277,20 @@ def _flow_tuple(msg: Any) -> tuple[str, int, str, int, int]:
     return (msg.orig_src_ipaddr, msg.orig_src_port, msg.orig_dst_ipaddr, msg.orig_dst_port, msg.proto)
 
 
+#: The host part of the key of a replicated flow whose DFS is not known yet.
+UNOWNED = "unowned"
+
+
+def _unowned_key(msg: Any) -> FlowKey:
+    """Key of a flow replicated from a REPLY copy: flow ids are per DFS, so the client tuple goes in too."""
+    client = f"{UNOWNED}:{msg.proto}:{msg.orig_src_ipaddr}:{msg.orig_dst_ipaddr}:{msg.orig_dst_port}"
+    return ((client, msg.orig_src_port), msg.flow_id)
+
+
+def _is_unowned(flow: Flow) -> bool:
+    return flow.dfs[0].startswith(UNOWNED)
+
+
 class ControlSegment:
     """All CS state and the per-message decisions."""
 
@@ -296,6 +310,8 @@ class ControlSegment:
         self._refusals: OrderedDict[FlowKey, _Refusal] = OrderedDict()
         self._prepared: set[tuple[str, str, Endpoint, int]] = set()
         self._next_newflow_id = 0
+        #: "active" decides flows; "standby" replicates the active's flows from state-shared copies.
+        self.role = config.settings.role
         self._install(config, now)
 
     # ------------------------------------------------------------------ configuration
@@ -397,6 +413,10 @@ class ControlSegment:
         so it is told to RESET its flows, unless a standby CS is configured (the flows are then shared
         state and survive a takeover).
         """
+        if self.role == "standby":
+            # A DFS only turns to the standby when it lost the active CS: take over.
+            self.role = "active"
+            self.counters["takeovers"] += 1
         self._dfs[endpoint] = now
         self._dfs_sessions[endpoint] += 1
         first = endpoint not in self._known_dfs
@@ -450,10 +470,89 @@ class ControlSegment:
                 flow = self.flows.get(key)
                 if flow is not None:
                     self._end_flow(flow, now)
-            return [ResetAck(dfs)]
+            # A standby sees the DFS's state-shared copy; the active acknowledges it.
+            return [ResetAck(dfs)] if self.role == "active" else []
+        if self.role == "standby" and isinstance(message, ssmb.Reply):
+            if sender[0] != self.settings.standby:
+                # Only the active CS of the pair decides flows; anybody else's REPLY is not state.
+                self.counters["shared_reply_not_from_active"] += 1
+                return []
+            self.counters["rx_shared_reply"] += 1
+            self._replicate_reply(message, now)
+            return []
+        if self.role == "standby" and isinstance(message, ssmb.NewFlow):
+            self.counters["rx_shared_newflow_ignored"] += 1
+            return []
         # REPLY, REAP, NEWFLOW are CS-to-DFS only.
         self.counters["rx_unexpected_type"] += 1
         return []
+
+    # ------------------------------------------------------------------ state sharing (standby)
+
+    def _replicate_reply(self, r: Any, now: float) -> None:
+        """Record a flow the active CS accepted, from its state-shared REPLY copy.
+
+        The copy does not say which DFS asked, so the flow is filed under its flow_id and client
+        tuple (:func:`_unowned_key`) until a DELETE or STATS from its DFS names the owner.
+        """
+        if r.error != SsmbError.OK:
+            self.counters["shared_refusals"] += 1
+            return
+        rt = self.match_vs(r.orig_dst_ipaddr, r.orig_dst_port, r.proto)
+        if rt is None:
+            self.counters["shared_reply_unknown_vs"] += 1
+            return
+        key = _unowned_key(r)
+        if key in self.flows:
+            self.counters["shared_reply_duplicate"] += 1
+            return
+        if self.flows.full:
+            self.counters["flow_table_full"] += 1
+            return
+        server = self._server_of_reply(rt, r)
+        flow = Flow(
+            key=key,
+            vs=rt.config.name,
+            server=server.config.name if server is not None else "",
+            client_ip=r.orig_src_ipaddr,
+            client_port=r.orig_src_port,
+            vip=r.orig_dst_ipaddr,
+            vport=r.orig_dst_port,
+            proto=r.proto,
+            created=now,
+            last_activity=now,
+            reply=r,
+        )
+        self.flows.add(flow, now + self.settings.flow_idle_timeout)
+        if server is not None:
+            self._count_new_flow(rt, server)
+        else:
+            rt.stats.active += 1
+            rt.stats.total += 1
+            self.counters["shared_reply_unknown_server"] += 1
+        self.counters["shared_flows"] += 1
+
+    @staticmethod
+    def _server_of_reply(rt: VsRuntime, r: Any) -> ServerRuntime | None:
+        """The real server a REPLY sent the flow to: its new address, else its next hop."""
+        for server in rt.servers.values():
+            rs = server.config
+            if r.new_dst_ipaddr != ZERO_IP:
+                port_ok = not r.new_dst_port or (rs.port or r.orig_dst_port) == r.new_dst_port
+                if rs.address == r.new_dst_ipaddr and port_ok:
+                    return server
+            elif r.next_hop_ipaddr != ZERO_IP and (rs.next_hop or rs.address) == r.next_hop_ipaddr:
+                return server
+        return None
+
+    def _claim(self, flow: Flow, dfs: Endpoint, now: float) -> Flow:
+        """File a replicated flow under the DFS that reported on it."""
+        self.flows.remove(flow.key)
+        flow.key = (dfs, flow.flow_id)
+        flow.extra.pop("not_at", None)
+        self.flows.add(flow, flow.deadline if flow.deadline > now else now)
+        self.counters["shared_flows_claimed"] += 1
+        return flow
 
     def handle_all(self, messages: Iterable[Any], sender: Endpoint, now: float) -> list[Outgoing]:
         """Process every message of one datagram."""
@@ -714,6 +813,13 @@ class ControlSegment:
         kind = "stats" if isinstance(msg, ssmb.Stats) else "delete"
         dfs = self._identity(sender)
         flow = self.flows.get((dfs, msg.flow_id))
+        if flow is None:
+            shared = self.flows.get(_unowned_key(msg))
+            if shared is not None and kind == "stats" and msg.error == SsmbError.UNKNOWN:
+                self._not_at(shared, dfs, now)
+                return
+            if shared is not None:
+                flow = self._claim(shared, dfs, now)
         if flow is None or not _reports_flow(flow, msg):
             # Not a flow this CS decided (or a stale one under the same id): a DFS_ASSIST connection,
             # whose server the switch chose, reports its end under an id the DFS picked on the spot.
@@ -731,6 +837,15 @@ class ControlSegment:
             self.flows.schedule(flow, now + self.settings.flow_idle_timeout)
             return
         self._end_flow(flow, now)
+
+    def _not_at(self, flow: Flow, dfs: Endpoint, now: float) -> None:
+        """A DFS answered a REAP for a replicated flow with UNKNOWN: gone once no connected DFS has it."""
+        not_at: set[Endpoint] = flow.extra.setdefault("not_at", set())
+        not_at.add(dfs)
+        self.counters["shared_flow_not_at_dfs"] += 1
+        if self._dfs and not_at >= set(self._dfs):
+            self.counters["shared_flows_gone"] += 1
+            self._end_flow(flow, now)
 
     def _on_dfs_assist_end(self, rt: VsRuntime, msg: Any, dfs: Endpoint, alive: bool) -> None:
         """Count one ended DFS_ASSIST connection into its virtual server, keeping no per-flow state.
@@ -806,6 +921,10 @@ class ControlSegment:
         """Run expired idle timers (REAP, re-REAP, drop) and expire persistence and refusal memory."""
         out: list[Outgoing] = []
         for flow in self.flows.due(now):
+            if self.role == "standby":
+                # The active reaps; its DFSs' STATS copies keep this table in step.
+                self.flows.schedule(flow, now + self.settings.flow_idle_timeout)
+                continue
             if flow.reap_tries >= self.settings.reap_retries:
                 self.counters["reap_unanswered"] += 1
                 rt = self.vs.get(flow.vs)
@@ -816,6 +935,10 @@ class ControlSegment:
             flow.reap_tries += 1
             self.counters["reap_sent"] += 1
             self.flows.schedule(flow, now + self.settings.reap_response_timeout)
+            if _is_unowned(flow):
+                # Replicated before its DFS reported on it: ask every DFS; the owner answers.
+                out.extend(SsmbOut(dfs, self._reap(flow)) for dfs in self._dfs)
+                continue
             # flow.dfs is the DFS's announced SSMB endpoint whenever the DFS is registered (see _identity).
             out.append(SsmbOut(flow.dfs, self._reap(flow)))
         if self.persistence.expire(now) and self._prepared:
@@ -927,6 +1050,7 @@ class ControlSegment:
         """Summary for ``/status``."""
         return {
             "uptime": round(now - self.started, 3),
+            "role": self.role,
             "config": self.config.source,
             "virtual_servers": self.vs_rows(),
             "flows": {"active": len(self.flows), "max": self.flows.max_flows},

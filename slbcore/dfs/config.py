@@ -117,6 +117,9 @@ class DfsConfig:
     routes: tuple[Route, ...] = ()
     ssmb_port: int = 7700
     cs_ipaddr: str = "127.0.0.1"
+    # The standby CS of an active/standby pair, tried when the CS is lost (a CS also names its
+    # standby in HELLO); None: only what HELLO said.
+    cs_standby_ipaddr: str | None = None
     cs_csmb_port: int = 7701
     cs_ssmb_port: int = 7700
     openflow_port: int = 6653
@@ -280,7 +283,7 @@ def parse_config(data: dict[str, Any]) -> DfsConfig:
     dfs = _table(data, "dfs")
     _check_keys(dfs, {"name", "switch", "mgmt_ipaddr", "ssmb_port"}, "[dfs]")
     cs = _table(data, "cs")
-    _check_keys(cs, {"ipaddr", "csmb_port", "ssmb_port"}, "[cs]")
+    _check_keys(cs, {"ipaddr", "standby_ipaddr", "csmb_port", "ssmb_port"}, "[cs]")
     of = _table(data, "openflow")
     _check_keys(of, {"listen_port", "unix_socket"}, "[openflow]")
     unix_socket = of.get("unix_socket", "")
@@ -350,6 +353,9 @@ def parse_config(data: dict[str, Any]) -> DfsConfig:
         interfaces=interfaces,
         routes=routes,
         cs_ipaddr=_ipv4(cs.get("ipaddr", "127.0.0.1"), "cs.ipaddr"),
+        cs_standby_ipaddr=(
+            _ipv4(cs["standby_ipaddr"], "cs.standby_ipaddr") if "standby_ipaddr" in cs else None
+        ),
         cs_csmb_port=_int(cs.get("csmb_port", 7701), "cs.csmb_port", 1, 65535),
         cs_ssmb_port=_int(cs.get("ssmb_port", 7700), "cs.ssmb_port", 1, 65535),
         openflow_port=_int(of.get("listen_port", 6653), "openflow.listen_port", 1, 65535),

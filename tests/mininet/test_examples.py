@@ -75,7 +75,9 @@ def test_bad_testbed_file_is_refused_before_anything_starts(tmp_path: Path) -> N
 
 def test_cli_has_vs_flows_and_stats(no_leftovers: None) -> None:
     """The Mininet CLI of slb-topo answers vs, stats and flows, and Mininet's own commands still work."""
-    commands = "vs\nstats\nclient1 curl -s 10.0.0.100\nflows\nexit\n"
+    lines = ["vs", "stats", "client1 curl -s 10.0.0.100", "flows"]
+    lines += ["stop cs1", "start cs1", "start cs1", "stop web1", "exit"]
+    commands = "\n".join(lines) + "\n"
     out = subprocess.run(
         [PY, "-m", "topo.run", "--cli"], cwd=ROOT, input=commands, capture_output=True, text=True, timeout=120
     )
@@ -85,3 +87,6 @@ def test_cli_has_vs_flows_and_stats(no_leftovers: None) -> None:
     # Mininet prints node commands' output through its logger, on stderr.
     assert re.search(r"^web[123]\s*$", out.stderr, re.M)  # curl through the VIP from client1
     assert "--- dfs1sw (dfs1)" in out.stdout and "nw_dst=10.0.0.100" in out.stdout  # flows
+    said = re.findall(r"cs1: (daemon stopped|daemon started|already running)", out.stdout)
+    assert said == ["daemon stopped", "daemon started", "already running"]  # stop, start, start again
+    assert "usage: stop|start NODE, NODE one of: cs1 dfs1" in out.stdout

@@ -168,6 +168,8 @@ def _problems(text: str, tmp_path: Path) -> str:
         ("csmb_port = 17701", "csmb_port = 99999", "cs.csmb_port", "out of range"),
         ("csmb_port = 17701", "csmb_prot = 17701", "cs.csmb_prot", "unknown key"),
         ('standby = "10.0.0.2"', "standby = 7", "cs.standby", "expected a string"),
+        ("flow_idle_timeout = 30", 'role = "backup"', "cs.role", "not one of: active, standby"),
+        ('standby = "10.0.0.2"', 'role = "standby"', "cs.standby", "needs the address of the active CS"),
         ("flow_idle_timeout = 30", "flow_idle_timeout = 0", "cs.flow_idle_timeout", "out of range"),
         ('name = "dns"', 'name = "web"', "virtual_server[1].name", "duplicate virtual server name"),
         ("drain = true", 'drain = "yes"', "virtual_server[0].real_server[1].drain", "boolean"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from typing import Any
 
@@ -656,3 +657,97 @@ def test_dfs_assist_end_reusing_a_stale_cs_flow_id_leaves_that_flow() -> None:
     assert len(cs.flows) == 1 and cs.vs["web"].stats.active == 1
     assert cs.vs["dns"].stats.total == 1 and cs.vs["dns"].stats.outbound_bytes == 64
     assert cs.counters["delete_flow_mismatch"] == 0
+
+
+# ---------------------------------------------------------------- active/standby pair
+
+ACTIVE_CS = ("192.0.2.1", 7700)  # the standby's `standby` names it
+
+
+def pair() -> tuple[ControlSegment, ControlSegment]:
+    """An active CS and its standby with the same virtual servers."""
+    active = ControlSegment(config(cs_extra='query_rate = 0\nstandby = "192.0.2.2"'))
+    standby = ControlSegment(config(cs_extra='query_rate = 0\nstandby = "192.0.2.1"\nrole = "standby"'))
+    return active, standby
+
+
+def server_active(cs: ControlSegment, name: str) -> int:
+    return int(cs.vs["web"].servers[name].stats.active)
+
+
+def test_standby_replicates_flows_from_reply_copies_and_answers_nothing() -> None:
+    """REPLY copies build the standby's flow table and statistics; the DFS's DELETE copy ends the flow."""
+    active, standby = pair()
+    replies = [one_reply(active.handle(query(i, sport=40000 + i), DFS, 0.0)) for i in (1, 2, 3)]
+    refused = dataclasses.replace(replies[0], flow_id=9, error=SsmbError.NOTAVAIL)
+    for r in [*replies, replies[0], refused]:
+        assert standby.handle(r, ACTIVE_CS, 0.5) == []
+    assert standby.handle(dataclasses.replace(replies[0], flow_id=7), DFS, 0.5) == []  # not the active
+    assert standby.counters["shared_reply_not_from_active"] == 1
+    assert standby.role == "standby" and len(standby.flows) == 3
+    assert standby.counters["shared_reply_duplicate"] == 1 and standby.counters["shared_refusals"] == 1
+    # Same server per flow as the active decided (round robin: a, b, a).
+    assert (server_active(standby, "a"), server_active(standby, "b")) == (2, 1)
+    assert standby.vs["web"].stats.total == 3
+
+    # Flow ids are the DFS's own: another DFS's flow 1 is a different flow.
+    other = one_reply(active.handle(query(1, src="198.51.100.77"), DFS2, 0.0))
+    standby.handle(other, ACTIVE_CS, 0.5)
+    assert len(standby.flows) == 4 and server_active(standby, "b") == 2
+
+    # The DFS's DELETE copy (its own address) ends the matching flow and counts its bytes.
+    out = standby.handle(endflow(ssmb.Delete, 2, sport=40002, inbound_bytes=500, inbound_pkts=5), DFS, 1.0)
+    assert out == [] and len(standby.flows) == 3
+    assert server_active(standby, "b") == 1 and standby.vs["web"].servers["b"].stats.inbound_bytes == 500
+    assert standby.counters["shared_flows_claimed"] == 1
+    assert standby.counters["delete_unknown_flow"] == 0
+
+
+def test_standby_keeps_flows_alive_from_stats_copies_and_never_reaps() -> None:
+    """The active reaps; the standby only follows the DFS's STATS copies, and sends no REAP itself."""
+    active, standby = pair()
+    standby.handle(one_reply(active.handle(query(1), DFS, 0.0)), ACTIVE_CS, 0.0)
+    standby.handle(one_reply(active.handle(query(2, sport=40002), DFS, 0.0)), ACTIVE_CS, 0.0)
+    assert standby.tick(30.0) == [] and len(standby.flows) == 2
+    alive = endflow(ssmb.Stats, 1, error=SsmbError.CONNALIVE, inbound_bytes=100)
+    standby.handle(alive, DFS, 31.0)
+    standby.handle(endflow(ssmb.Stats, 2, sport=40002, inbound_bytes=7), DFS, 31.0)  # plain STATS: over
+    assert [f.flow_id for f in standby.flows] == [1]
+    assert standby.flows.get((DFS, 1)) is not None  # now filed under its DFS
+    assert standby.tick(100.0) == []
+
+
+def test_takeover_when_a_dfs_connects_without_reset_then_reaps_every_flow() -> None:
+    """A DFS turning to the standby makes it active: no RESET (the flows are shared), REAPs resume."""
+    active, standby = pair()
+    standby.handle(one_reply(active.handle(query(1), DFS, 0.0)), ACTIVE_CS, 0.0)
+    standby.handle(one_reply(active.handle(query(2, sport=40002), DFS, 0.0)), ACTIVE_CS, 0.0)
+    standby.handle(endflow(ssmb.Stats, 2, sport=40002, error=SsmbError.CONNALIVE), DFS, 1.0)  # owner known
+    assert standby.register_dfs(DFS, 2.0) == []  # no SSMB RESET
+    assert standby.role == "active" and standby.counters["takeovers"] == 1
+    assert standby.status(2.0)["role"] == "active"
+    # New flows are decided here now.
+    assert one_reply(standby.handle(query(3, sport=40003), DFS, 2.0)).error == SsmbError.OK
+    reaps = [o for o in standby.tick(20.0) if isinstance(o.message, ssmb.Reap)]
+    assert sorted((o.dest, o.message.flow_id) for o in reaps) == [(DFS, 1), (DFS, 2), (DFS, 3)]
+
+
+def test_replicated_flow_without_owner_is_reaped_at_every_dfs_until_one_has_it() -> None:
+    """Two DFSs: a REAP goes to both; UNKNOWN from one is not the end, the owner's answer claims it."""
+    active, standby = pair()
+    standby.handle(one_reply(active.handle(query(1), DFS, 0.0)), ACTIVE_CS, 0.0)
+    standby.handle(one_reply(active.handle(query(2, sport=40002), DFS, 0.0)), ACTIVE_CS, 0.0)
+    standby.register_dfs(DFS, 1.0)
+    standby.register_dfs(DFS2, 1.0)
+    reaps = [o for o in standby.tick(20.0) if isinstance(o.message, ssmb.Reap)]
+    assert sorted((o.dest, o.message.flow_id) for o in reaps) == [(DFS, 1), (DFS, 2), (DFS2, 1), (DFS2, 2)]
+    standby.handle(endflow(ssmb.Stats, 1, error=SsmbError.UNKNOWN), DFS2, 20.1)
+    assert len(standby.flows) == 2  # DFS may still have it
+    standby.handle(endflow(ssmb.Stats, 1, error=SsmbError.CONNALIVE), DFS, 20.1)
+    assert standby.flows.get((DFS, 1)) is not None
+    # Flow 2 is at neither DFS: gone once both said so.
+    standby.handle(endflow(ssmb.Stats, 2, sport=40002, error=SsmbError.UNKNOWN), DFS2, 20.2)
+    standby.handle(endflow(ssmb.Stats, 2, sport=40002, error=SsmbError.UNKNOWN), DFS, 20.2)
+    assert [f.flow_id for f in standby.flows] == [1]
+    assert standby.counters["shared_flows_gone"] == 1
+    assert standby.vs["web"].stats.active == 1

@@ -58,6 +58,7 @@ def test_route_lookup_is_longest_prefix() -> None:
         ({"limits": {"colour": 1}}, "[limits]"),
         ({"route": [{"prefix": "10.0.0.0/33", "via": "10.0.1.9"}]}, "route[0].prefix"),
         ({"cs": {"ipaddr": "localhost"}}, "cs.ipaddr"),
+        ({"cs": {"ipaddr": "10.0.0.1", "standby_ipaddr": "cs2"}}, "cs.standby_ipaddr"),
     ],
 )
 def test_bad_config_names_the_key(patch: dict, key: str) -> None:

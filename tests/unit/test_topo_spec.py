@@ -35,6 +35,28 @@ def test_shipped_testbeds_parse_and_build(path: Path) -> None:
     assert tomllib.loads(dumps(spec.cs_config(spec.cs[0]))) == spec.cs_config(spec.cs[0])
 
 
+def test_two_cs_nodes_are_an_active_standby_pair() -> None:
+    """pair.toml: cs1 starts active, cs2 standby, each names the other; the DFS is told both."""
+    from slbcore.cs.config import parse_config_text
+    from slbcore.dfs.config import parse_config
+
+    spec = load_spec(TESTBEDS[[p.name for p in TESTBEDS].index("pair.toml")])
+    cs1, cs2 = spec.cs
+    one, two = spec.cs_config(cs1)["cs"], spec.cs_config(cs2)["cs"]
+    assert (one["role"], one["standby"]) == ("active", cs2.mgmt_ipaddr)
+    assert (two["role"], two["standby"]) == ("standby", cs1.mgmt_ipaddr)
+    dfs = spec.dfs_config(spec.dfs[0])["cs"]
+    assert (dfs["ipaddr"], dfs["standby_ipaddr"]) == (cs1.mgmt_ipaddr, cs2.mgmt_ipaddr)
+    # ... and the daemons accept what the testbed generates.
+    assert parse_config_text(dumps(spec.cs_config(cs2)), "cs2.toml").settings.role == "standby"
+    dfs_cfg = parse_config(tomllib.loads(dumps(spec.dfs_config(spec.dfs[0]))))
+    assert dfs_cfg.cs_standby_ipaddr == cs2.mgmt_ipaddr
+    # One CS: neither key.
+    single = load_spec(TESTBEDS[[p.name for p in TESTBEDS].index("default.toml")])
+    assert "role" not in single.cs_config(single.cs[0])["cs"]
+    assert "standby_ipaddr" not in single.dfs_config(single.dfs[0])["cs"]
+
+
 def test_default_testbed_wiring() -> None:
     """The default testbed: DFS ports in segment order, gateways owned by the DFS, mgmt addresses apart."""
     spec = load_spec(TESTBEDS[[p.name for p in TESTBEDS].index("default.toml")])
