@@ -386,26 +386,3 @@ def clean_state_file(state_file: Path) -> list[str]:
             done.append(f"netns {ns}")
     state_file.unlink(missing_ok=True)
     return done
-    for state_file in sorted(STATE_DIR.glob("*.json")):
-        try:
-            state = json.loads(state_file.read_text())
-        except (OSError, ValueError):
-            state = {}
-        bridges = [b for b in state.get("bridges", []) if bridge_exists(b)]
-        pids = [p for p in state.get("pids", []) if pid_alive(p)]
-        remove_bridges(bridges)
-        kill_pids(pids)
-        done += [f"bridge {b}" for b in bridges] + [f"pid {p}" for p in pids]
-        tuned = state.get("ovs_other_config")
-        tuned = tuned if isinstance(tuned, dict) else {}
-        changed = {k: v for k, v in tuned.items() if ovs_other_config_get(k) != v}
-        restore_ovs_other_config(changed)
-        done += [f"OVS other_config:{key} restored" for key in changed]
-        for veth in state.get("veths", []):
-            if subprocess.run(["ip", "link", "del", veth], capture_output=True, check=False).returncode == 0:
-                done.append(f"veth {veth}")
-        for ns in state.get("netns", []):
-            if subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False).returncode == 0:
-                done.append(f"netns {ns}")
-        state_file.unlink(missing_ok=True)
-    return done

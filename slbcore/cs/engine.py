@@ -287,6 +287,24 @@ def _unowned_key(msg: Any) -> FlowKey:
     return ((client, msg.orig_src_port), msg.flow_id)
 
 
+def _new_flow(key: FlowKey, vs: str, server: str, reply: Any, now: float, persistent: bool = False) -> Flow:
+    """A flow entry for an accepted REPLY (whose original tuple is the flow's)."""
+    return Flow(
+        key=key,
+        vs=vs,
+        server=server,
+        client_ip=reply.orig_src_ipaddr,
+        client_port=reply.orig_src_port,
+        vip=reply.orig_dst_ipaddr,
+        vport=reply.orig_dst_port,
+        proto=reply.proto,
+        created=now,
+        last_activity=now,
+        reply=reply,
+        persistent=persistent,
+    )
+
+
 def _is_unowned(flow: Flow) -> bool:
     return flow.dfs[0].startswith(UNOWNED)
 
@@ -510,19 +528,7 @@ class ControlSegment:
             self.counters["flow_table_full"] += 1
             return
         server = self._server_of_reply(rt, r)
-        flow = Flow(
-            key=key,
-            vs=rt.config.name,
-            server=server.config.name if server is not None else "",
-            client_ip=r.orig_src_ipaddr,
-            client_port=r.orig_src_port,
-            vip=r.orig_dst_ipaddr,
-            vport=r.orig_dst_port,
-            proto=r.proto,
-            created=now,
-            last_activity=now,
-            reply=r,
-        )
+        flow = _new_flow(key, rt.config.name, server.config.name if server is not None else "", r, now)
         self.flows.add(flow, now + self.settings.flow_idle_timeout)
         if server is not None:
             self._count_new_flow(rt, server)
@@ -631,20 +637,7 @@ class ControlSegment:
             return self._refuse(q, sender, key, SsmbError.NOTAVAIL, rt, now, "no_server")
 
         reply = self._reply(q, rt, server)
-        flow = Flow(
-            key=key,
-            vs=cfg.name,
-            server=server.config.name,
-            client_ip=q.orig_src_ipaddr,
-            client_port=q.orig_src_port,
-            vip=q.orig_dst_ipaddr,
-            vport=q.orig_dst_port,
-            proto=q.proto,
-            created=now,
-            last_activity=now,
-            reply=reply,
-            persistent=persistent,
-        )
+        flow = _new_flow(key, cfg.name, server.config.name, reply, now, persistent)
         self.flows.add(flow, now + self.settings.flow_idle_timeout)
         self._count_new_flow(rt, server)
         self.counters["reply_ok"] += 1
