@@ -218,10 +218,11 @@ HELLO as sent up to `auth_data_len` (serials and msg_length included; sign after
 serials). A HELLO without valid auth_data is answered ACK(AUTH_FAILED), counted, and the
 connection closed.
 
-Implemented: HELLO signing and verification (`slbproto.auth`), wired into the negotiator and
-the CSMB connection. **Not implemented:** the per-message CSMB and per-datagram SSMB HMAC
-trailers with replay sequence numbers. Until they are, only the HELLO is authenticated and a
-recorded HELLO can be replayed; keep the buses on a trusted network.
+Implemented in the library: HELLO signing and verification (`slbproto.auth`), wired into the
+negotiator (`slbproto.hello`) and the asyncio CSMB connection (`slbproto.transport`).
+**Not implemented:** the per-message CSMB and per-datagram SSMB HMAC trailers with replay
+sequence numbers, and a key setting in the CS and DFS daemons, which run unauthenticated. Keep
+the buses on a trusted network (the testbeds put them on their own management network).
 """
 
 BAD_INPUT = """\
