@@ -761,12 +761,9 @@ class BenchTestbed:
         """Start the CS and DFS daemons; return None, or why the load balancer is unavailable."""
         from nodes.daemon import DaemonError
 
-        remember = self.lab.testbed.remember_pid
         try:
-            for spec_cs in self.spec.cs:
-                self.node(spec_cs.name).start_cs(self.spec.cs_config(spec_cs), self.lab.run_dir, remember)
-            for spec_d, node in zip(self.spec.dfs, self.lab.dfs_nodes, strict=True):
-                node.start_dfs(self.spec.dfs_config(spec_d), self.lab.run_dir, remember)
+            for name in [c.name for c in self.spec.cs] + [d.name for d in self.spec.dfs]:
+                self.lab.start_daemon(name)
             self.lab.wait_ready(timeout=30)
         except (DaemonError, TimeoutError, OSError, KeyError, subprocess.SubprocessError) as exc:
             return short_reason(exc)

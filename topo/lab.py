@@ -125,14 +125,24 @@ class Lab:
 
     def start(self) -> None:
         """Start backends, the CS and the DFS daemons, and wait until the DFSs are configured."""
-        remember = self.testbed.remember_pid
         for spec_b, node in zip(self.spec.backends, self.backends, strict=True):
-            node.start_backend(self.run_dir, spec_b.port, remember)
-        for spec_cs in self.spec.cs:
-            self.net[spec_cs.name].start_cs(self.spec.cs_config(spec_cs), self.run_dir, remember)
-        for spec_d, node in zip(self.spec.dfs, self.dfs_nodes, strict=True):
-            node.start_dfs(self.spec.dfs_config(spec_d), self.run_dir, remember)
+            node.start_backend(self.run_dir, spec_b.port, self.testbed.remember_pid)
+        for name in [c.name for c in self.spec.cs] + [d.name for d in self.spec.dfs]:
+            self.start_daemon(name)
         self.wait_ready()
+
+    def start_daemon(self, name: str) -> None:
+        """Start the CS or DFS daemon of node ``name`` with the configuration the testbed gives it."""
+        remember = self.testbed.remember_pid
+        for spec_cs in self.spec.cs:
+            if spec_cs.name == name:
+                self.net[name].start_cs(self.spec.cs_config(spec_cs), self.run_dir, remember)
+                return
+        for spec_d in self.spec.dfs:
+            if spec_d.name == name:
+                self.net[name].start_dfs(self.spec.dfs_config(spec_d), self.run_dir, remember)
+                return
+        raise KeyError(f"{name} runs no CS or DFS daemon")
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         """Wait until every DFS holds every virtual server the CS has."""

@@ -51,20 +51,6 @@ def smoke(lab: Lab, requests: int = 6) -> bool:
     return ok
 
 
-def restart_daemon(lab: Lab, name: str) -> None:
-    """Start the CS or DFS daemon of node ``name`` again with the configuration the testbed gave it."""
-    remember = lab.testbed.remember_pid
-    for spec_cs in lab.spec.cs:
-        if spec_cs.name == name:
-            lab.node(name).start_cs(lab.spec.cs_config(spec_cs), lab.run_dir, remember)
-            return
-    for spec_d in lab.spec.dfs:
-        if spec_d.name == name:
-            lab.node(name).start_dfs(lab.spec.dfs_config(spec_d), lab.run_dir, remember)
-            return
-    raise KeyError(f"{name} runs no CS or DFS daemon")
-
-
 def make_cli(lab: Lab) -> Any:
     """A Mininet CLI class with the testbed's own commands added."""
     from mininet.cli import CLI
@@ -107,7 +93,7 @@ def make_cli(lab: Lab) -> Any:
                 return
             node.daemons.clear()
             try:
-                restart_daemon(lab, node.name)
+                lab.start_daemon(node.name)
             except Exception as exc:  # a failed start is reported, the CLI goes on
                 print(f"{node.name}: did not start: {exc}")
                 return

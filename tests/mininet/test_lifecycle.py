@@ -88,7 +88,7 @@ def test_cs_restart_resets_the_dfs_and_service_resumes(lab: Lab) -> None:
         cs = lab.cs
         cs.stop_daemons()
         cs.daemons.clear()
-        cs.start_cs(lab.spec.cs_config(lab.spec.cs[0]), lab.run_dir, lab.testbed.remember_pid)
+        lab.start_daemon(cs.name)
         wait_for(
             "the DFS to be reset", lambda: lab.dfs.status()["counters"].get("flow_resets", 0) > resets, 15
         )
