@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         "  slb-topo topo/configs/default.toml --cli     # the same testbed, interactive: vs, flows, stats\n"
         "  slb-topo topo/configs/multi-vip.toml         # several VIPs, algorithms, a DFS_ASSIST VIP\n"
         "  slb-topo topo/configs/ecmp.toml              # two DFS nodes behind an ECMP router\n"
+        "  slb-topo topo/configs/pair.toml --cli        # active/standby CS pair: `stop cs1`, then `stats`\n"
         "  cp topo/configs/default.toml my.toml        # change the pool, then: slb-topo my.toml\n"
         "  make bench                                   # offload vs direct path vs HAProxy"
     )
