@@ -117,7 +117,14 @@ class CsCsmbConnection(transport.CsmbConnection):
         if self._hello_timer is not None:
             self._hello_timer.cancel()
             self._hello_timer = None
+        was_standby = self.daemon.cs.role == "standby"
         out = self.session.mark_established(self.daemon.now())
+        if was_standby and self.daemon.cs.role == "active":
+            log.warning(
+                "taking over as the active CS: DFS %s turned to this standby (%d replicated flows)",
+                self.label,
+                len(self.daemon.cs.flows),
+            )
         endpoint = self.session.dfs_endpoint
         if endpoint is not None:
             # A (re)connecting DFS restarts its SSMB serials.

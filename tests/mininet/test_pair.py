@@ -66,6 +66,7 @@ def test_standby_takes_over_with_the_flow_table(lab: Lab) -> None:
         wait_for("a new flow through the standby", served, timeout=20)
         assert counters(cs2)["reply_ok"] > before.get("reply_ok", 0)
         assert counters(cs2).get("takeovers") == 1
+        assert "taking over as the active CS" in cs2.log_text()
         assert client_flows(cs2, port), "the standby forgot the running flow"
 
         out, _ = download.communicate(timeout=40)
