@@ -528,7 +528,17 @@ class ControlSegment:
             self.counters["flow_table_full"] += 1
             return
         server = self._server_of_reply(rt, r)
-        flow = _new_flow(key, rt.config.name, server.config.name if server is not None else "", r, now)
+        persistent = False
+        if server is not None and rt.config.persistence is not None:
+            # The same record the active made: after a takeover the client keeps its server.
+            persistence = rt.config.persistence
+            bound = self.persistence.bind(
+                rt.config.name, r.orig_src_ipaddr, server.config.name, persistence.timeout, now
+            )
+            persistent = bound is not None
+        flow = _new_flow(
+            key, rt.config.name, server.config.name if server is not None else "", r, now, persistent
+        )
         self.flows.add(flow, now + self.settings.flow_idle_timeout)
         if server is not None:
             self._count_new_flow(rt, server)

@@ -664,10 +664,11 @@ def test_dfs_assist_end_reusing_a_stale_cs_flow_id_leaves_that_flow() -> None:
 ACTIVE_CS = ("192.0.2.1", 7700)  # the standby's `standby` names it
 
 
-def pair() -> tuple[ControlSegment, ControlSegment]:
+def pair(vs_extra: str = "") -> tuple[ControlSegment, ControlSegment]:
     """An active CS and its standby with the same virtual servers."""
-    active = ControlSegment(config(cs_extra='query_rate = 0\nstandby = "192.0.2.2"'))
-    standby = ControlSegment(config(cs_extra='query_rate = 0\nstandby = "192.0.2.1"\nrole = "standby"'))
+    active = ControlSegment(config(cs_extra='query_rate = 0\nstandby = "192.0.2.2"', vs_extra=vs_extra))
+    standby_cs = 'query_rate = 0\nstandby = "192.0.2.1"\nrole = "standby"'
+    standby = ControlSegment(config(cs_extra=standby_cs, vs_extra=vs_extra))
     return active, standby
 
 
@@ -751,3 +752,21 @@ def test_replicated_flow_without_owner_is_reaped_at_every_dfs_until_one_has_it()
     assert [f.flow_id for f in standby.flows] == [1]
     assert standby.counters["shared_flows_gone"] == 1
     assert standby.vs["web"].stats.active == 1
+
+
+def test_standby_rebuilds_persistence_so_clients_keep_their_server_after_takeover() -> None:
+    """Each REPLY copy of a persistent VS binds the client as the active did; it survives the takeover."""
+    active, standby = pair(vs_extra="persistence = { timeout = 30 }")
+    x = one_reply(active.handle(query(1, src="198.51.100.1"), DFS, 0.0))
+    y = one_reply(active.handle(query(2, src="198.51.100.2"), DFS, 0.0))
+    assert (x.new_dst_ipaddr, y.new_dst_ipaddr) == ("10.0.1.1", "10.0.1.2")
+    for r in (x, y):
+        standby.handle(r, ACTIVE_CS, 0.1)
+    # Both flows end before the takeover: the records outlive them (timeout 30 s).
+    standby.handle(endflow(ssmb.Delete, 1, src="198.51.100.1"), DFS, 1.0)
+    standby.handle(endflow(ssmb.Delete, 2, src="198.51.100.2"), DFS, 1.0)
+    assert len(standby.flows) == 0
+    standby.register_dfs(DFS, 2.0)
+    # Round robin alone would give y's client server a first; persistence keeps it on b.
+    again = one_reply(standby.handle(query(3, src="198.51.100.2", sport=41000), DFS, 3.0))
+    assert again.new_dst_ipaddr == "10.0.1.2" and standby.counters["persistence_hit"] == 1
