@@ -869,14 +869,11 @@ class ControlSegment:
         st = rt.stats
         st.total += 1
         st.dfs_assist_flows += 1
-        st.inbound_bytes += int(msg.inbound_bytes)
-        st.outbound_bytes += int(msg.outbound_bytes)
-        st.inbound_pkts += int(msg.inbound_pkts)
-        st.outbound_pkts += int(msg.outbound_pkts)
+        _add_counters(st, _counters(msg).values())
 
     def _account(self, flow: Flow, msg: Any) -> None:
         deltas = []
-        for name in ("inbound_bytes", "outbound_bytes", "inbound_pkts", "outbound_pkts"):
+        for name in COUNTER_FIELDS:
             new = int(getattr(msg, name))
             old = int(getattr(flow, name))
             # Running totals only grow; a smaller value means the DFS restarted its count.
@@ -890,10 +887,7 @@ class ControlSegment:
             if server is not None:
                 targets.append(server.stats)
         for t in targets:
-            t.inbound_bytes += deltas[0]
-            t.outbound_bytes += deltas[1]
-            t.inbound_pkts += deltas[2]
-            t.outbound_pkts += deltas[3]
+            _add_counters(t, deltas)
 
     def _end_flow(self, flow: Flow, now: float) -> None:
         if self.flows.remove(flow.key) is None:
@@ -1080,10 +1074,7 @@ class ControlSegment:
                     "created": flow.created,
                     "last_activity": flow.last_activity,
                     "reaping": flow.reaping,
-                    "inbound_bytes": flow.inbound_bytes,
-                    "outbound_bytes": flow.outbound_bytes,
-                    "inbound_pkts": flow.inbound_pkts,
-                    "outbound_pkts": flow.outbound_pkts,
+                    **_counters(flow),
                 }
             )
         return rows
@@ -1107,10 +1098,7 @@ class ControlSegment:
                         "draining": s.draining,
                         "active": st.active,
                         "total": st.total,
-                        "inbound_bytes": st.inbound_bytes,
-                        "outbound_bytes": st.outbound_bytes,
-                        "inbound_pkts": st.inbound_pkts,
-                        "outbound_pkts": st.outbound_pkts,
+                        **_counters(st),
                         "reaped_unanswered": st.reaped_unanswered,
                     }
                 )
@@ -1136,15 +1124,27 @@ class ControlSegment:
                     "eligible": len(rt.candidates()),
                     "active": st.active,
                     "total": st.total,
-                    "inbound_bytes": st.inbound_bytes,
-                    "outbound_bytes": st.outbound_bytes,
-                    "inbound_pkts": st.inbound_pkts,
-                    "outbound_pkts": st.outbound_pkts,
+                    **_counters(st),
                     "dfs_assist_flows": st.dfs_assist_flows,
                     "errors": dict(st.errors),
                 }
             )
         return rows
+
+
+#: The per-direction byte and packet counters a flow, a real server and a virtual server all keep.
+COUNTER_FIELDS = ("inbound_bytes", "outbound_bytes", "inbound_pkts", "outbound_pkts")
+
+
+def _counters(obj: Any) -> dict[str, int]:
+    """The four counters of ``obj`` for a status row."""
+    return {name: int(getattr(obj, name)) for name in COUNTER_FIELDS}
+
+
+def _add_counters(obj: Any, amounts: Iterable[int]) -> None:
+    """Add ``amounts`` (in :data:`COUNTER_FIELDS` order) to the counters of ``obj``."""
+    for name, amount in zip(COUNTER_FIELDS, amounts, strict=True):
+        setattr(obj, name, getattr(obj, name) + amount)
 
 
 def _new_health(hc: HealthCheckConfig) -> HealthMachine:
